@@ -1,0 +1,226 @@
+"""Configuration: /etc/mssendmail/.env, overridden by environment variables.
+
+Paths stay plain strings: importing pathlib would cost submission ~10 ms.
+The file is read only if the caller can read it: submitters normally cannot
+(it holds the secrets), and then run on defaults plus their environment.
+Submission must stay fast, so it parses plain ``KEY=value`` lines itself and
+hands anything fancier (quotes with escapes, ``${VAR}`` expansion) to
+python-dotenv, which costs ~50 ms to import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from mssendmail.errors import ConfigError
+
+DEFAULT_PATH = "/etc/mssendmail/.env"
+ENV_PATH_VAR = "MSSENDMAIL_CONFIG"
+
+MIB = 1024 * 1024
+
+# Every key with its default ("" = unset). The README's table mirrors this one.
+DEFAULTS: dict[str, str] = {
+    # Credentials: exactly one kind must be configured for TRANSPORT=graph.
+    "TENANT_ID": "",
+    "CLIENT_ID": "",
+    "CLIENT_SECRET": "",
+    "CLIENT_CERTIFICATE": "",
+    "CLIENT_CERTIFICATE_PASSWORD": "",
+    "FEDERATED_TOKEN_FILE": "",
+    "MANAGED_IDENTITY": "",
+    # Mailbox and address policy.
+    "SENDER": "",
+    "FROM_NAME": "",
+    "ALLOWED_FROM": "",
+    "ALIASES": "",
+    "ADMIN_ADDRESS": "",
+    "LOCAL_DOMAIN": "",
+    # Where things live.
+    "QUEUE_DIR": "/var/lib/mssendmail/queue",
+    "LOG_DIR": "",
+    "MAX_MESSAGE_SIZE": str(35 * MIB),
+    # Graph endpoints.
+    "CLOUD": "global",
+    "AUTHORITY_HOST": "",
+    "GRAPH_URL": "",
+    # Delivery policy.
+    "TRANSPORT": "graph",
+    "OUTBOX_DIR": "",
+    "CONCURRENCY": "4",
+    "RETRY_MIN": "60s",
+    "RETRY_MAX": "1h",
+    "MAX_AGE": "5d",
+    "MAX_ATTEMPTS": "",
+    "DEAD_LETTER_NOTIFY": "",
+    "SENT_RETENTION": "7d",
+    # SMTP listener (mssendmail-smtpd).
+    "SMTPD_LISTEN": "127.0.0.1:2525",
+    "SMTPD_TLS_CERT": "",
+    "SMTPD_TLS_KEY": "",
+    "SMTPD_USERS_FILE": "",
+    "SMTPD_MAX_CLIENTS": "20",
+}
+
+MAX_MESSAGE_SIZE_CAP = 150 * MIB
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": MIB,
+    "mb": MIB,
+    "mib": MIB,
+    "g": 1024 * MIB,
+    "gb": 1024 * MIB,
+    "gib": 1024 * MIB,
+}
+
+
+def resolve_path(cli_path: str | None = None) -> str:
+    """--config wins, then $MSSENDMAIL_CONFIG, then the default path."""
+    return cli_path or os.environ.get(ENV_PATH_VAR) or DEFAULT_PATH
+
+
+def _unquote_simple(value: str) -> str | None:
+    """The value of a plain dotenv line, or None when only python-dotenv can say."""
+    value = value.strip()
+    if value[:1] in ("'", '"'):
+        quote = value[0]
+        end = value.find(quote, 1)
+        if end < 0 or "\\" in value or (quote == '"' and "$" in value):
+            return None
+        rest = value[end + 1 :].strip()
+        if rest and not rest.startswith("#"):
+            return None
+        return value[1:end]
+    if "$" in value or "\\" in value:
+        return None
+    hash_at = value.find(" #")
+    return (value[:hash_at] if hash_at >= 0 else value).strip()
+
+
+def parse_env_text(text: str) -> dict[str, str]:
+    """Parse .env text; exotic syntax is delegated to python-dotenv for exactness."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        key, sep, raw = line.partition("=")
+        key = key.strip()
+        simple = _unquote_simple(raw) if sep and key.isidentifier() else None
+        if simple is None:
+            return _parse_with_dotenv(text)
+        values[key] = simple
+    return values
+
+
+def _parse_with_dotenv(text: str) -> dict[str, str]:
+    import io
+
+    from dotenv import dotenv_values
+
+    parsed = dotenv_values(stream=io.StringIO(text), interpolate=True)
+    return {k: v for k, v in parsed.items() if v is not None}
+
+
+def read_file(path: str) -> tuple[dict[str, str], bool]:
+    """The file's values and whether it was readable; a missing or unreadable file is empty."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (PermissionError, FileNotFoundError, IsADirectoryError):
+        return {}, False
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}; fix the file") from exc
+    return parse_env_text(text), True
+
+
+class Config:
+    """Typed, validated access to the keys; each property names its key on error."""
+
+    def __init__(
+        self,
+        values: Mapping[str, str],
+        path: str | None = None,
+        file_readable: bool = False,
+        file_keys: frozenset[str] = frozenset(),
+    ) -> None:
+        self.values = dict(values)
+        self.path = path
+        self.file_readable = file_readable
+        self.file_keys = file_keys
+
+    def get(self, key: str) -> str:
+        return self.values.get(key, DEFAULTS.get(key, "")).strip()
+
+    def unknown_keys(self) -> list[str]:
+        """Keys in the file that mssendmail does not know (typos, usually)."""
+        return sorted(k for k in self.file_keys if k not in DEFAULTS)
+
+    @property
+    def queue_dir(self) -> str:
+        return self.get("QUEUE_DIR")
+
+    @property
+    def log_dir(self) -> str | None:
+        return self.get("LOG_DIR") or None
+
+    @property
+    def max_message_size(self) -> int:
+        size = self.size("MAX_MESSAGE_SIZE")
+        if not 0 < size <= MAX_MESSAGE_SIZE_CAP:
+            raise ConfigError("MAX_MESSAGE_SIZE must be between 1 byte and 150 MiB")
+        return size
+
+    def size(self, key: str) -> int:
+        return _parse_number(key, self.get(key), _SIZE_UNITS, "a size like 35M")
+
+    def seconds(self, key: str) -> float:
+        return float(_parse_number(key, self.get(key), _UNITS, "a duration like 60s, 1h or 5d"))
+
+    def optional_int(self, key: str) -> int | None:
+        value = self.get(key)
+        return None if not value else self.integer(key)
+
+    def integer(self, key: str) -> int:
+        value = self.get(key)
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}={value!r} is not a whole number") from None
+
+    def addresses(self, key: str) -> list[str]:
+        return [part.strip() for part in self.get(key).split(",") if part.strip()]
+
+
+def _parse_number(key: str, value: str, units: Mapping[str, int], example: str) -> int:
+    text = value.strip().lower()
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(digits) :].strip()
+    try:
+        number = float(digits)
+    except ValueError:
+        raise ConfigError(f"{key}={value!r} is not {example}") from None
+    if unit not in units or number < 0:
+        raise ConfigError(f"{key}={value!r} is not {example}")
+    return int(number * units[unit])
+
+
+def load(cli_path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The effective configuration: file values, then environment overrides."""
+    env = os.environ if environ is None else environ
+    path = resolve_path(cli_path)
+    file_values, readable = read_file(path)
+    values = dict(file_values)
+    for key in DEFAULTS:
+        if key in env:
+            values[key] = env[key]
+    return Config(values, path, readable, frozenset(file_values))

@@ -1,0 +1,157 @@
+"""The spool record: one file holding the message, its envelope and a checksum.
+
+Layout::
+
+    <message bytes, exactly as received>
+    <envelope: UTF-8 JSON object>
+    MSSREC1 <message length:020d> <envelope length:010d> <sha256 of both, hex>\\n
+
+The fixed-width footer at the very end makes a torn write (footer missing or
+lengths not adding up) and an edit (checksum mismatch) detectable before a
+single byte is sent, so such a file is quarantined, never half-sent.
+The envelope comes last so submission can stream stdin straight to disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, BinaryIO
+
+from mssendmail.errors import DataError
+
+MAGIC = b"MSSREC1"
+FOOTER_LEN = len(MAGIC) + 1 + 20 + 1 + 10 + 1 + 64 + 1
+MAX_ENVELOPE = 1024 * 1024
+CHUNK = 256 * 1024
+VERSION = 1
+
+
+class CorruptRecord(DataError):
+    """A spool file that is torn, edited or not a record at all."""
+
+
+def footer(message_len: int, envelope_len: int, digest: str) -> bytes:
+    return b"%s %020d %010d %s\n" % (MAGIC, message_len, envelope_len, digest.encode())
+
+
+def encode_envelope(envelope: dict[str, Any]) -> bytes:
+    return json.dumps(envelope, separators=(",", ":"), sort_keys=True).encode()
+
+
+class RecordWriter:
+    """Streams a message into an open file descriptor, hashing as it goes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.length = 0
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.length += len(data)
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+    def finish(self, envelope: dict[str, Any]) -> None:
+        """Append the envelope and the footer; the record is complete after this."""
+        message_len = self.length
+        env = encode_envelope(envelope)
+        self.write(env)
+        self.write(footer(message_len, len(env), self._hash.hexdigest()))
+
+
+def parse_footer(tail: bytes, file_size: int) -> tuple[int, int, str]:
+    """(message length, envelope length, digest) or CorruptRecord."""
+    parts = tail.split(b" ")
+    if len(tail) != FOOTER_LEN or len(parts) != 4 or parts[0] != MAGIC or not tail.endswith(b"\n"):
+        raise CorruptRecord("no record footer: the file is torn or not a spool record")
+    try:
+        message_len, envelope_len = int(parts[1]), int(parts[2])
+    except ValueError:
+        raise CorruptRecord("malformed record footer") from None
+    digest = parts[3][:-1].decode("ascii", "replace")
+    if message_len + envelope_len + FOOTER_LEN != file_size or envelope_len > MAX_ENVELOPE:
+        raise CorruptRecord("record lengths do not match the file size")
+    return message_len, envelope_len, digest
+
+
+def verify(fh: BinaryIO) -> tuple[dict[str, Any], int]:
+    """Check the whole record; returns (envelope, message length)."""
+    size = os.fstat(fh.fileno()).st_size
+    if size < FOOTER_LEN:
+        raise CorruptRecord("file too short to be a spool record")
+    fh.seek(size - FOOTER_LEN)
+    message_len, envelope_len, digest = parse_footer(fh.read(FOOTER_LEN), size)
+    fh.seek(0)
+    hasher = hashlib.sha256()
+    remaining = message_len + envelope_len
+    env_start = message_len
+    env = b""
+    offset = 0
+    while remaining:
+        block = fh.read(min(CHUNK, remaining))
+        if not block:
+            raise CorruptRecord("file shrank while it was read")
+        hasher.update(block)
+        if offset + len(block) > env_start:
+            env += block[max(0, env_start - offset) :]
+        offset += len(block)
+        remaining -= len(block)
+    if hasher.hexdigest() != digest:
+        raise CorruptRecord("checksum mismatch: the file was changed after it was written")
+    try:
+        envelope = json.loads(env)
+    except ValueError:
+        raise CorruptRecord("envelope is not valid JSON") from None
+    if not isinstance(envelope, dict):
+        raise CorruptRecord("envelope is not a JSON object")
+    validate_envelope(envelope)
+    return envelope, message_len
+
+
+def _clean_text(value: object, what: str, limit: int = 998) -> str:
+    if not isinstance(value, str) or len(value) > limit or any(c in value for c in "\r\n\0"):
+        raise CorruptRecord(f"envelope field {what} is invalid")
+    return value
+
+
+def validate_envelope(envelope: dict[str, Any]) -> None:
+    """Reject envelopes a hostile submitter crafted to confuse the worker."""
+    if envelope.get("v") != VERSION:
+        raise CorruptRecord("unknown envelope version")
+    _clean_text(envelope.get("sender", ""), "sender")
+    recipients = envelope.get("recipients")
+    if not isinstance(recipients, list) or not recipients or len(recipients) > 10000:
+        raise CorruptRecord("envelope has no recipient list")
+    for rcpt in recipients:
+        if not _clean_text(rcpt, "recipient"):
+            raise CorruptRecord("envelope has an empty recipient")
+    if envelope.get("full_name") is not None:
+        _clean_text(envelope["full_name"], "full_name")
+    if not isinstance(envelope.get("time", 0), (int, float)):
+        raise CorruptRecord("envelope time is not a number")
+
+
+def read_message(fh: BinaryIO, message_len: int) -> bytes:
+    """The message bytes of a verified record."""
+    fh.seek(0)
+    data = fh.read(message_len)
+    if len(data) != message_len:
+        raise CorruptRecord("file shrank while it was read")
+    return data
+
+
+def copy_message(fh: BinaryIO, message_len: int, out: BinaryIO) -> None:
+    """Stream the message bytes of a verified record into another file."""
+    fh.seek(0)
+    remaining = message_len
+    while remaining:
+        block = fh.read(min(CHUNK, remaining))
+        if not block:
+            raise CorruptRecord("file shrank while it was read")
+        out.write(block)
+        remaining -= len(block)

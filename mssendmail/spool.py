@@ -1,0 +1,259 @@
+"""The spool tree: directory layout, modes, queue ids and the one rename primitive.
+
+A message's state is the directory it lives in (Postfix style)::
+
+    QUEUE_DIR/
+      maildrop/  3773 mssendmail:mssendmail  submissions land here; others may
+                                             create files but cannot list the
+                                             directory or delete what is not
+                                             theirs (sticky), and every file
+                                             gets the mssendmail group (setgid)
+      queue/     2770  due now, owned by the worker
+      active/    2770  claimed by a worker (it holds an flock on the file)
+      deferred/  2770  waiting; the file's mtime is the next attempt time
+      hold/      2770  held by an admin: never sent, never expires
+      dead/      2770  dead-letter: <id> untouched, <id>.reason.json
+      corrupt/   2770  quarantined garbage from maildrop/, with .reason.json
+      meta/      2770  <id>.json: trusted uid, attempts, history, last error
+      sent/      2770  <id>.json metadata of delivered mail, kept SENT_RETENTION
+      state/     2770  worker heartbeat, msal caches (0600), pause records
+      trigger    0622  FIFO: one byte wakes the worker; only a hint
+
+Only this module knows the paths. Every state change is ``move()``: a
+rename followed by an fsync of both directories, so a crash leaves the file
+in exactly one of the two states, never in none.
+
+This module is on the submission path: standard library only, no pathlib.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import stat
+import time
+
+from mssendmail.errors import SpoolError
+
+MAILDROP = "maildrop"
+QUEUE = "queue"
+ACTIVE = "active"
+DEFERRED = "deferred"
+HOLD = "hold"
+DEAD = "dead"
+CORRUPT = "corrupt"
+META = "meta"
+SENT = "sent"
+STATE = "state"
+TRIGGER = "trigger"
+
+MESSAGE_STATES = (QUEUE, ACTIVE, DEFERRED, HOLD, DEAD)
+
+# mode of each directory; maildrop is the only one submitters can reach.
+DIR_MODES: dict[str, int] = {
+    MAILDROP: 0o3773,
+    QUEUE: 0o2770,
+    ACTIVE: 0o2770,
+    DEFERRED: 0o2770,
+    HOLD: 0o2770,
+    DEAD: 0o2770,
+    CORRUPT: 0o2770,
+    META: 0o2770,
+    SENT: 0o2770,
+    STATE: 0o2770,
+}
+ROOT_MODE = 0o755
+TRIGGER_MODE = 0o622
+SERVICE_USER = "mssendmail"
+
+ID_RE = re.compile(r"\A[0-9a-f]{18}\Z")
+TEMP_PREFIX = "tmp."
+
+
+def new_id(now: float | None = None) -> str:
+    """A queue id: 8 hex digits of Unix time, so ids sort by submission, then 10 random."""
+    seconds = int(time.time() if now is None else now)
+    return f"{seconds:08x}{secrets.token_hex(5)}"
+
+
+def is_id(name: str) -> bool:
+    return ID_RE.match(name) is not None
+
+
+def fsync_dir(path: str, via_fd: int | None = None) -> None:
+    """Make a directory's entries durable.
+
+    An unprivileged submitter cannot open maildrop/ (no read bit, by design),
+    so it passes the fd of its own file there and we syncfs(2) the file
+    system that holds both.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError:
+        if via_fd is None:
+            raise
+        syncfs(via_fd)
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): flush the whole file system holding fd (no os.syncfs in 3.11)."""
+    import ctypes  # only unprivileged submitters pay for this import
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o640) -> None:
+    """Write a small file by temp + fsync + rename + directory fsync."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        unlink_quiet(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(directory)
+
+
+def unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass  # already gone is the goal
+
+
+class Spool:
+    """Paths and primitive operations on one spool tree."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def dir(self, area: str) -> str:
+        return os.path.join(self.root, area)
+
+    def path(self, area: str, name: str) -> str:
+        return os.path.join(self.root, area, name)
+
+    @property
+    def trigger_path(self) -> str:
+        return os.path.join(self.root, TRIGGER)
+
+    def meta_path(self, queue_id: str) -> str:
+        return self.path(META, f"{queue_id}.json")
+
+    def sent_path(self, queue_id: str) -> str:
+        return self.path(SENT, f"{queue_id}.json")
+
+    def reason_path(self, area: str, name: str) -> str:
+        return self.path(area, f"{name}.reason.json")
+
+    def move(self, queue_id: str, old: str, new: str, new_name: str | None = None) -> None:
+        """The one state transition: rename, then make both directories durable."""
+        os.rename(self.path(old, queue_id), self.path(new, new_name or queue_id))
+        fsync_dir(self.dir(new))
+        if old != new:
+            fsync_dir(self.dir(old))
+
+    def ids(self, area: str) -> list[str]:
+        """Queue ids in an area, oldest first (ids sort by time)."""
+        try:
+            names = os.listdir(self.dir(area))
+        except FileNotFoundError:
+            return []
+        return sorted(name for name in names if is_id(name))
+
+    def locate(self, queue_id: str) -> str | None:
+        """The state a message is in, or None."""
+        if not is_id(queue_id):
+            return None
+        for area in (*MESSAGE_STATES, MAILDROP):
+            if os.path.lexists(self.path(area, queue_id)):
+                return area
+        return None
+
+    def known(self, queue_id: str) -> bool:
+        """Seen before: queued anywhere, or recorded as sent."""
+        return self.locate(queue_id) not in (None, MAILDROP) or os.path.exists(
+            self.sent_path(queue_id)
+        )
+
+    def wake(self) -> None:
+        """Poke the worker through the trigger FIFO; no reader is not an error."""
+        try:
+            fd = os.open(self.trigger_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.write(fd, b"\n")
+        except OSError:
+            pass  # FIFO full: the worker is already awake
+        finally:
+            os.close(fd)
+
+
+def service_ids() -> tuple[int, int] | None:
+    """(uid, gid) of the mssendmail user when it exists, for root-run init."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def init_tree(root: str) -> list[str]:
+    """Create or repair the spool tree; returns what it changed (idempotent).
+
+    As root with a mssendmail user, everything is owned by that user; otherwise
+    (a quick start as a normal user) by the caller, with the same modes.
+    """
+    owner = service_ids() if os.geteuid() == 0 else None
+    changes: list[str] = []
+    if not os.path.isdir(root):
+        os.makedirs(root, ROOT_MODE)
+        changes.append(f"created {root}")
+    _fix(root, ROOT_MODE, owner, [] if changes else changes)
+    for area, mode in DIR_MODES.items():
+        path = os.path.join(root, area)
+        if not os.path.isdir(path):
+            os.mkdir(path, mode)
+            changes.append(f"created {path}")
+        _fix(path, mode, owner, [] if changes and changes[-1].endswith(path) else changes)
+    trigger = os.path.join(root, TRIGGER)
+    if not os.path.exists(trigger):
+        os.mkfifo(trigger, TRIGGER_MODE)
+        changes.append(f"created {trigger}")
+    elif not stat.S_ISFIFO(os.lstat(trigger).st_mode):
+        raise SpoolError(f"{trigger} exists and is not a FIFO; remove it and run init again")
+    _fix(trigger, TRIGGER_MODE, owner, [] if changes and changes[-1].endswith(trigger) else changes)
+    if changes:
+        fsync_dir(root)
+    return changes
+
+
+def _fix(path: str, mode: int, owner: tuple[int, int] | None, changes: list[str]) -> None:
+    st = os.lstat(path)
+    if owner is not None and (st.st_uid, st.st_gid) != owner:
+        os.chown(path, *owner, follow_symlinks=False)
+        changes.append(f"chown {SERVICE_USER}:{SERVICE_USER} {path}")
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(path, mode)  # after chown: chown clears setgid
+        changes.append(f"chmod {mode:04o} {path}")
