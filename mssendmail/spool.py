@@ -193,15 +193,19 @@ class Spool:
             self.sent_path(queue_id)
         )
 
-    def wake(self) -> None:
-        """Poke the worker through the trigger FIFO; no reader is not an error."""
+    def wake(self, flush: bool = False) -> None:
+        """Poke the worker through the trigger FIFO; no reader is not an error.
+
+        b"\n" means "new mail"; b"F" (sendmail -q) asks it to retry deferred
+        mail now. The worker rate-limits flushes, so anyone may send one.
+        """
         try:
             fd = os.open(self.trigger_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return
         try:
             if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                os.write(fd, b"\n")
+                os.write(fd, b"F" if flush else b"\n")
         except OSError:
             pass  # FIFO full: the worker is already awake
         finally:
