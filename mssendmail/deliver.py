@@ -1,0 +1,324 @@
+"""One delivery attempt for one message, from claim to outcome.
+
+Called from the worker's threads. Every path ends in exactly one outcome
+function (sent, defer, bury, put_back) or leaves the claim to the caller's
+release, so a message is never left locked. Time and randomness come in
+through the Context, so tests control the clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from mssendmail import meta, outcome, pause, record
+from mssendmail.claim import Claim, claim
+from mssendmail.config import Config
+from mssendmail.errors import (
+    ConfigError,
+    ConfigurationFailure,
+    DeliveryError,
+    PermanentFailure,
+    SlowDown,
+    TemporaryFailure,
+    Throttled,
+)
+from mssendmail.logs import kv
+from mssendmail.retry import backoff
+from mssendmail.spool import Spool
+from mssendmail.transports import Transport
+
+log = logging.getLogger("mssendmail.deliver")
+
+PER_MAILBOX_LIMIT = 4  # Graph's MailboxConcurrency
+
+
+class Outcome(enum.Enum):
+    SENT = "sent"
+    DEFERRED = "deferred"
+    DEAD = "dead"
+    PAUSED = "paused"
+    SKIPPED = "skipped"
+
+
+@dataclass
+class Policy:
+    retry_min: float
+    retry_max: float
+    max_age: float
+    max_attempts: int | None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Policy:
+        return cls(
+            retry_min=cfg.seconds("RETRY_MIN"),
+            retry_max=cfg.seconds("RETRY_MAX"),
+            max_age=cfg.seconds("MAX_AGE"),
+            max_attempts=cfg.optional_int("MAX_ATTEMPTS"),
+        )
+
+
+class MailboxGate:
+    """Per-mailbox throttle pauses and in-flight limits, shared by all threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._until: dict[str, float] = {}
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+
+    def paused_until(self, mailbox: str) -> float:
+        with self._lock:
+            return self._until.get(mailbox.lower(), 0.0)
+
+    def pause(self, mailbox: str, until: float) -> None:
+        with self._lock:
+            key = mailbox.lower()
+            self._until[key] = max(until, self._until.get(key, 0.0))
+
+    @contextmanager
+    def slot(self, mailbox: str) -> Iterator[None]:
+        with self._lock:
+            sem = self._slots.setdefault(
+                mailbox.lower(), threading.BoundedSemaphore(PER_MAILBOX_LIMIT)
+            )
+        with sem:
+            yield
+
+
+@dataclass
+class Context:
+    spool: Spool
+    cfg: Config
+    transport: Transport
+    policy: Policy
+    gate: MailboxGate = field(default_factory=MailboxGate)
+    now: Callable[[], float] = time.time
+    rng: random.Random = field(default_factory=random.Random)
+    notify: Callable[[bytes, dict[str, Any], str, dict[str, Any]], None] | None = None
+
+
+def deliver(ctx: Context, queue_id: str, area: str) -> Outcome:
+    """Claim one message and try to send it once."""
+    held = claim(ctx.spool, queue_id, area)
+    if held is None:
+        return Outcome.SKIPPED
+    try:
+        return _attempt(ctx, held)
+    finally:
+        held.release()
+
+
+def _attempt(ctx: Context, held: Claim) -> Outcome:
+    spool, qid = ctx.spool, held.queue_id
+    if outcome.already_sent(spool, qid):
+        outcome.sent(spool, held, meta.read_json(spool.sent_path(qid)))
+        return Outcome.SENT
+    if pause.queue_paused_until(spool) > ctx.now():
+        outcome.put_back(spool, held)
+        return Outcome.PAUSED
+    state = meta.read(spool, qid)
+    with open(spool.path(held.area, qid), "rb") as fh:
+        try:
+            envelope, message_len = record.verify(fh)
+        except record.CorruptRecord as exc:
+            return _bury(ctx, held, state, {}, PermanentFailure(f"queue file damaged: {exc}"))
+        message = record.read_message(fh, message_len)
+    try:
+        from mssendmail.prepare import prepare
+
+        prepared = prepare(message, envelope, ctx.cfg, qid)
+    except ConfigError as exc:
+        return _pause_queue(ctx, held, ConfigurationFailure(str(exc)))
+    except (PermanentFailure, ValueError) as exc:
+        return _bury(ctx, held, state, envelope, _as_permanent(exc), message)
+    info = {
+        "id": qid,
+        "message_id": prepared.message_id,
+        "mailbox": prepared.mailbox,
+        "rcpts": len(prepared.recipients),
+        "size": len(prepared.mime),
+    }
+    for warning in prepared.warnings:
+        log.warning(kv(id=qid, warning=warning))
+    paused = ctx.gate.paused_until(prepared.mailbox)
+    if paused > ctx.now():
+        outcome.defer(spool, held, None, paused)
+        return Outcome.DEFERRED
+    attempt = meta.attempts(state) + 1
+    started = time.monotonic()
+    try:
+        with ctx.gate.slot(prepared.mailbox):
+            delivered = ctx.transport.send(prepared.mailbox, prepared.mime, qid)
+    except DeliveryError as exc:
+        ms = int((time.monotonic() - started) * 1000)
+        log.info(
+            kv(
+                **info,
+                attempt=attempt,
+                outcome=_kind(exc),
+                status=exc.status,
+                code=exc.code,
+                request_id=exc.request_id,
+                ms=ms,
+            )
+        )
+        return _failed(ctx, held, state, envelope, message, prepared.mailbox, exc)
+    ms = int((time.monotonic() - started) * 1000)
+    log.info(
+        kv(
+            **info,
+            attempt=attempt,
+            outcome="sent",
+            status=delivered.status,
+            code=None,
+            request_id=delivered.request_id,
+            ms=ms,
+        )
+    )
+    record_info = {
+        **info,
+        "sent": ctx.now(),
+        "attempts": attempt,
+        "request_id": delivered.request_id,
+        "sender": envelope.get("sender", ""),
+        "recipients": prepared.recipients,
+        "uid": envelope.get("uid"),
+        "submitted": envelope.get("time"),
+    }
+    outcome.sent(spool, held, record_info)
+    pause.clear_queue_pause(spool)
+    return Outcome.SENT
+
+
+def _kind(exc: DeliveryError) -> str:
+    for cls, name in (
+        (ConfigurationFailure, "config"),
+        (PermanentFailure, "permanent"),
+        (Throttled, "throttled"),
+        (SlowDown, "slowdown"),
+    ):
+        if isinstance(exc, cls):
+            return name
+    return "temporary"
+
+
+def _as_permanent(exc: Exception) -> PermanentFailure:
+    if isinstance(exc, PermanentFailure):
+        return exc
+    return PermanentFailure(f"message cannot be prepared: {exc}")
+
+
+def _failed(
+    ctx: Context,
+    held: Claim,
+    state: dict[str, Any],
+    envelope: dict[str, Any],
+    message: bytes,
+    mailbox: str,
+    exc: DeliveryError,
+) -> Outcome:
+    if isinstance(exc, ConfigurationFailure):
+        return _pause_queue(ctx, held, exc)
+    if isinstance(exc, PermanentFailure):
+        return _bury(ctx, held, state, envelope, exc, message)
+    now = ctx.now()
+    attempts = meta.attempts(state) + 1
+    state["attempts"] = attempts
+    state["last_error"] = _error_record(exc, now)
+    meta.add_event(state, now, "deferred", _describe(exc))
+    age = now - float(envelope.get("queued") or envelope.get("time") or now)
+    limit = ctx.policy.max_attempts
+    if age >= ctx.policy.max_age or (limit is not None and attempts >= limit):
+        why = "too old" if age >= ctx.policy.max_age else "too many attempts"
+        return _bury(ctx, held, state, envelope, exc, message, why)
+    p = ctx.policy
+    if isinstance(exc, Throttled) and exc.retry_after:
+        ctx.gate.pause(mailbox, now + exc.retry_after)
+    if isinstance(exc, SlowDown):
+        delay = max(p.retry_max, exc.retry_after or 0.0)
+    else:
+        delay = backoff(attempts, p.retry_min, p.retry_max, exc.retry_after, ctx.rng)
+    state["next_attempt"] = now + delay
+    outcome.defer(ctx.spool, held, state, now + delay)
+    return Outcome.DEFERRED
+
+
+def _pause_queue(ctx: Context, held: Claim, exc: DeliveryError) -> Outcome:
+    until = pause.pause_queue(
+        ctx.spool, ctx.now(), _describe(exc), ctx.policy.retry_min, ctx.policy.retry_max
+    )
+    log.error(
+        kv(
+            event="queue-paused",
+            until=int(until),
+            code=exc.code,
+            status=exc.status,
+            reason=str(exc),
+        )
+    )
+    outcome.put_back(ctx.spool, held)
+    return Outcome.PAUSED
+
+
+def _bury(
+    ctx: Context,
+    held: Claim,
+    state: dict[str, Any],
+    envelope: dict[str, Any],
+    exc: DeliveryError,
+    message: bytes | None = None,
+    why: str = "",
+) -> Outcome:
+    now = ctx.now()
+    reason = _error_record(exc, now)
+    reason["attempts"] = meta.attempts(state)
+    reason["why"] = why or "permanent failure"
+    state["last_error"] = reason
+    meta.add_event(state, now, "dead", _describe(exc))
+    outcome.bury(ctx.spool, held, state, reason)
+    log.warning(
+        kv(
+            event="dead-letter",
+            id=held.queue_id,
+            why=reason["why"],
+            code=exc.code,
+            status=exc.status,
+            reason=str(exc),
+        )
+    )
+    if ctx.notify is not None and message is not None:
+        try:
+            ctx.notify(message, envelope, held.queue_id, reason)
+        except Exception as err:  # a failed notice must not undo the dead-letter
+            log.error(kv(event="notice-failed", id=held.queue_id, error=str(err)))
+    return Outcome.DEAD
+
+
+def _error_record(exc: DeliveryError, now: float) -> dict[str, Any]:
+    return {
+        "time": now,
+        "class": _kind(exc),
+        "status": exc.status,
+        "code": exc.code,
+        "message": str(exc),
+        "request_id": exc.request_id,
+    }
+
+
+def _describe(exc: DeliveryError) -> str:
+    bits = [str(exc)]
+    if exc.status:
+        bits.append(f"status {exc.status}")
+    if exc.code:
+        bits.append(exc.code)
+    return "; ".join(bits)
+
+
+__all__ = ["Context", "MailboxGate", "Outcome", "Policy", "TemporaryFailure", "deliver"]

@@ -1,0 +1,61 @@
+"""The ends of a delivery attempt: sent, deferred, dead-lettered or put back.
+
+Each function takes a claimed message in active/, records why, moves it,
+and releases the claim. The record is written before the move, so after a
+crash the message is still in active/ (and recovered) with the record
+already saying what happened; the sent record in particular stops a resend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from mssendmail import meta
+from mssendmail.claim import Claim
+from mssendmail.spool import ACTIVE, DEAD, DEFERRED, QUEUE, Spool, fsync_dir, write_atomic
+
+
+def already_sent(spool: Spool, queue_id: str) -> bool:
+    """A sent record exists: the last run died after Graph's 202, before cleanup."""
+    return os.path.exists(spool.sent_path(queue_id))
+
+
+def sent(spool: Spool, held: Claim, info: dict[str, Any]) -> None:
+    """Record the delivery, then drop the message and its state."""
+    if not already_sent(spool, held.queue_id):
+        write_atomic(spool.sent_path(held.queue_id), json.dumps(info, sort_keys=True).encode())
+    os.unlink(spool.path(held.area, held.queue_id))
+    fsync_dir(spool.dir(held.area))
+    meta.remove(spool, held.queue_id)
+    held.release()
+
+
+def defer(spool: Spool, held: Claim, state: dict[str, Any] | None, until: float) -> None:
+    """Park the message in deferred/ until `until` (its mtime is the next attempt time)."""
+    if state is not None:
+        meta.write(spool, held.queue_id, state)
+    os.utime(spool.path(held.area, held.queue_id), (until, until))
+    spool.move(held.queue_id, held.area, DEFERRED)
+    held.area = DEFERRED
+    held.release()
+
+
+def bury(spool: Spool, held: Claim, state: dict[str, Any], reason: dict[str, Any]) -> None:
+    """Dead-letter: keep the untouched message and a reason record in dead/."""
+    write_atomic(
+        spool.reason_path(DEAD, held.queue_id), json.dumps(reason, sort_keys=True).encode()
+    )
+    meta.write(spool, held.queue_id, state)
+    spool.move(held.queue_id, held.area, DEAD)
+    held.area = DEAD
+    held.release()
+
+
+def put_back(spool: Spool, held: Claim) -> None:
+    """Return an untried message to queue/ (shutdown, paused queue)."""
+    if held.area == ACTIVE:
+        spool.move(held.queue_id, ACTIVE, QUEUE)
+        held.area = QUEUE
+    held.release()

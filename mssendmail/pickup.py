@@ -1,0 +1,223 @@
+"""Pickup: move submissions from maildrop/ into the worker's private queue/.
+
+Everything in maildrop/ is hostile: any local user can put anything there and
+keep changing it. So each entry is opened without following links, must be a
+regular file with one link and a sane size, and is *copied* into queue/
+while its checksum is checked; the submitter cannot touch the copy. The copy
+gets a new envelope whose uid and user come from the file's owner, not from
+the submitter's claim. Garbage goes to corrupt/ with a reason record.
+
+Two workers can run at once: an flock on the maildrop file decides who
+ingests it, and the copy is linked (never renamed over) into queue/.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import pwd
+import stat
+import time
+
+from mssendmail import record
+from mssendmail.spool import (
+    CORRUPT,
+    MAILDROP,
+    QUEUE,
+    TEMP_PREFIX,
+    Spool,
+    fsync_dir,
+    is_id,
+    new_id,
+    unlink_quiet,
+    write_atomic,
+)
+
+log = logging.getLogger("mssendmail.pickup")
+
+ENVELOPE_SLACK = record.MAX_ENVELOPE + record.FOOTER_LEN
+# An unlocked, empty temp file may be a submitter between open() and flock().
+EMPTY_TEMP_GRACE = 60.0
+
+
+class Rejected(Exception):
+    """An entry that must be quarantined, with the reason."""
+
+
+def pickup(
+    spool: Spool, max_size: int, now: float | None = None, limit: int | None = None
+) -> list[str]:
+    """Ingest complete submissions (at most `limit`); returns the new ids, oldest first."""
+    try:
+        names = sorted(os.listdir(spool.dir(MAILDROP)))
+    except FileNotFoundError:
+        return []
+    queued: list[str] = []
+    for name in names:
+        if limit is not None and len(queued) >= limit:
+            break
+        if name.startswith(TEMP_PREFIX):
+            clean_temp(spool, name, time.time() if now is None else now)
+        elif not is_id(name):
+            quarantine(spool, name, "name is not a queue id")
+        else:
+            try:
+                if ingest(spool, name, max_size):
+                    queued.append(name)
+            except Rejected as exc:
+                quarantine(spool, name, str(exc))
+    if queued:
+        fsync_dir(spool.dir(MAILDROP))
+    return queued
+
+
+def clean_temp(spool: Spool, name: str, now: float) -> bool:
+    """Remove a temp file whose writer is gone (its flock is free)."""
+    path = spool.path(MAILDROP, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        quarantine(spool, name, "temp entry cannot be opened safely")
+        return True
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            quarantine(spool, name, "temp entry is not a regular file")
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live submitter is still writing
+        if st.st_size == 0 and now - st.st_mtime < EMPTY_TEMP_GRACE:
+            return False
+        unlink_quiet(path)
+        log.info("removed abandoned submission %s (%d bytes)", name, st.st_size)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _open_entry(path: str, max_size: int) -> tuple[int, os.stat_result]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Rejected(f"cannot open safely: {exc.strerror}") from None
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "not a regular file"
+    elif st.st_nlink != 1:
+        problem = "has more than one hard link"
+    elif st.st_size > max_size + ENVELOPE_SLACK:
+        problem = f"too big ({st.st_size} bytes)"
+    if problem:
+        os.close(fd)
+        raise Rejected(problem)
+    return fd, st
+
+
+def ingest(spool: Spool, name: str, max_size: int) -> bool:
+    """Copy one maildrop entry into queue/; False when another worker has it."""
+    path = spool.path(MAILDROP, name)
+    fd, st = _open_entry(path, max_size)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            current = os.lstat(path)
+        except FileNotFoundError:
+            return False  # another worker finished it while we waited
+        if (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
+            return False
+        if spool.known(name):
+            # A crash after linking into queue/ but before the unlink below.
+            os.unlink(path)
+            return False
+        _copy_verified(spool, fd, st, name, max_size)
+        # The copy must be durable before the original goes.
+        fsync_dir(spool.dir(QUEUE))
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _copy_verified(spool: Spool, src: int, st: os.stat_result, name: str, max_size: int) -> None:
+    size = st.st_size
+    if size < record.FOOTER_LEN:
+        raise Rejected("too short to be a spool record")
+    tail = os.pread(src, record.FOOTER_LEN, size - record.FOOTER_LEN)
+    try:
+        message_len, envelope_len, digest = record.parse_footer(tail, size)
+    except record.CorruptRecord as exc:
+        raise Rejected(str(exc)) from None
+    if message_len > max_size:
+        raise Rejected(f"message of {message_len} bytes is over MAX_MESSAGE_SIZE")
+    temp = spool.path(QUEUE, f"{TEMP_PREFIX}{name}.{os.getpid()}")
+    out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(out, fcntl.LOCK_EX)
+        writer = record.RecordWriter(out)
+        check = hashlib.sha256()
+        offset = 0
+        while offset < message_len:
+            block = os.pread(src, min(record.CHUNK, message_len - offset), offset)
+            if not block:
+                raise Rejected("file shrank while it was read")
+            check.update(block)
+            writer.write(block)
+            offset += len(block)
+        env_bytes = os.pread(src, envelope_len, message_len)
+        check.update(env_bytes)
+        if len(env_bytes) != envelope_len or check.hexdigest() != digest:
+            raise Rejected("checksum mismatch: the file was changed after it was written")
+        writer.finish(_trusted_envelope(env_bytes, st))
+        os.fsync(out)
+        os.link(temp, spool.path(QUEUE, name))
+    except BaseException:
+        unlink_quiet(temp)
+        raise
+    finally:
+        os.close(out)
+    unlink_quiet(temp)
+
+
+def _trusted_envelope(env_bytes: bytes, st: os.stat_result) -> dict[str, object]:
+    try:
+        envelope = json.loads(env_bytes)
+    except ValueError:
+        raise Rejected("envelope is not valid JSON") from None
+    if not isinstance(envelope, dict):
+        raise Rejected("envelope is not a JSON object")
+    try:
+        record.validate_envelope(envelope)
+    except record.CorruptRecord as exc:
+        raise Rejected(str(exc)) from None
+    # The file's owner is the submitter, whatever the envelope claims.
+    envelope["claimed_uid"] = envelope.get("uid")
+    envelope["uid"] = st.st_uid
+    try:
+        envelope["user"] = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        envelope["user"] = str(st.st_uid)
+    envelope["queued"] = time.time()
+    return envelope
+
+
+def quarantine(spool: Spool, name: str, reason: str) -> None:
+    """Move a maildrop entry, whatever it is, to corrupt/ without reading it."""
+    target = new_id()
+    try:
+        os.rename(spool.path(MAILDROP, name), spool.path(CORRUPT, target))
+    except FileNotFoundError:
+        return
+    fsync_dir(spool.dir(CORRUPT))
+    fsync_dir(spool.dir(MAILDROP))
+    info = {"original_name": name, "reason": reason, "time": time.time()}
+    write_atomic(spool.reason_path(CORRUPT, target), json.dumps(info).encode())
+    log.warning("quarantined maildrop entry %r as corrupt/%s: %s", name, target, reason)

@@ -1,0 +1,322 @@
+"""mssendmail-worker: deliver the spool to Microsoft Graph.
+
+SYNOPSIS
+    mssendmail-worker [--once] [--config PATH] [-v]
+
+DESCRIPTION
+    Moves submissions from maildrop/ into the private queue (pickup), then
+    sends every due message through the configured transport with up to
+    CONCURRENCY requests in flight (never more than 4 per mailbox). Failed
+    messages are deferred with exponential backoff and jitter, or Retry-After
+    when longer; permanent failures and messages past MAX_AGE/MAX_ATTEMPTS
+    go to dead/ with a reason. A configuration failure (bad secret, missing
+    consent) pauses the whole queue instead of dead-lettering it.
+
+    Without --once it runs as a service: it wakes on the trigger FIFO, rescans
+    every second, and on SIGTERM stops taking new work, lets in-flight sends
+    finish, and exits 0. Messages it could not finish stay queued.
+
+SECURITY
+    Runs as the mssendmail user. Reads the secrets in the config; writes
+    tokens only to state/ (mode 0600). Every maildrop/ entry is treated as
+    hostile (see pickup.py).
+
+EXIT STATUS
+    0   every due message was handled (sent, deferred or dead-lettered)
+    75  delivery is paused by a credential or network problem (--once)
+    78  the configuration is unusable
+
+FILES
+    /etc/mssendmail/.env, QUEUE_DIR (default /var/lib/mssendmail/queue),
+    LOG_DIR/mssendmail.log
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from mssendmail import __version__, config, logs, pause
+from mssendmail.claim import recover
+from mssendmail.deliver import Context, Outcome, Policy, deliver
+from mssendmail.errors import ConfigError, MssendmailError, exit_code
+from mssendmail.pickup import pickup
+from mssendmail.spool import DEFERRED, QUEUE, STATE, Spool, unlink_quiet
+from mssendmail.transports import from_config
+
+log = logging.getLogger("mssendmail.worker")
+
+RESCAN_SECONDS = 1.0
+PICKUP_BATCH = 500
+HEARTBEAT_FILE = "heartbeat.json"
+FLUSH_MIN_INTERVAL = 60.0
+SWEEP_INTERVAL = 600.0
+
+
+class Worker:
+    """The scheduling loop; delivery itself is deliver.deliver() in pool threads."""
+
+    def __init__(self, ctx: Context, concurrency: int, once: bool) -> None:
+        self.ctx = ctx
+        self.spool = ctx.spool
+        self.once = once
+        self.concurrency = concurrency
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
+        self.inflight: dict[str, Future[Outcome]] = {}
+        self.pending: collections.deque[tuple[str, str]] = collections.deque()
+        self.last_scan = 0.0
+        self.stopping = threading.Event()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.fifo_fd = -1
+        self.fifo_keep = -1
+        self.last_flush = 0.0
+        self.last_sweep = 0.0
+        self.outcomes: dict[Outcome, int] = {o: 0 for o in Outcome}
+        self.network_failures = 0
+
+    # -- wake-ups -------------------------------------------------------
+    def open_trigger(self) -> None:
+        path = self.spool.trigger_path
+        try:
+            self.fifo_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            # Holding a writer open ourselves keeps select() from spinning on EOF.
+            self.fifo_keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning(logs.kv(event="no-trigger", path=path, error=exc.strerror))
+
+    def poke(self) -> None:
+        try:
+            os.write(self.wake_w, b"x")
+        except OSError:
+            pass  # pipe full: already poked
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until a trigger, a finished send or timeout; True if a flush was asked."""
+        fds = [self.wake_r] + ([self.fifo_fd] if self.fifo_fd >= 0 else [])
+        try:
+            ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
+        except InterruptedError:
+            return False
+        flush = False
+        for fd in ready:
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                continue
+            flush = flush or b"F" in data
+        return flush
+
+    # -- scheduling -----------------------------------------------------
+    def due(self, now: float) -> list[tuple[str, str]]:
+        """(id, area) of every message that may be tried now, oldest first."""
+        items = [(qid, QUEUE) for qid in self.spool.ids(QUEUE)]
+        for qid in self.spool.ids(DEFERRED):
+            try:
+                if os.stat(self.spool.path(DEFERRED, qid)).st_mtime <= now:
+                    items.append((qid, DEFERRED))
+            except FileNotFoundError:
+                continue
+        items.sort()
+        return [item for item in items if item[0] not in self.inflight]
+
+    def flush_deferred(self, now: float) -> None:
+        """sendmail -q: make deferred mail due now, at most once a minute."""
+        if now - self.last_flush < FLUSH_MIN_INTERVAL:
+            return
+        self.last_flush = now
+        for qid in self.spool.ids(DEFERRED):
+            try:
+                os.utime(self.spool.path(DEFERRED, qid), (now, now))
+            except FileNotFoundError:
+                continue
+        log.info(logs.kv(event="flush"))
+
+    def refill(self, now: float) -> None:
+        """Rescan the queue when the pending list ran dry or is a second old."""
+        if not self.pending or now - self.last_scan >= RESCAN_SECONDS:
+            self.pending = collections.deque(self.due(now))
+            self.last_scan = now
+
+    def dispatch(self) -> None:
+        while self.pending and len(self.inflight) < self.concurrency:
+            if self.stopping.is_set():
+                return
+            qid, area = self.pending.popleft()
+            if qid not in self.inflight:
+                self.inflight[qid] = self.pool.submit(self._run_one, qid, area)
+
+    def _run_one(self, qid: str, area: str) -> Outcome:
+        try:
+            return deliver(self.ctx, qid, area)
+        except Exception as exc:  # a bug or the disk: keep the worker alive, the claim is released
+            log.error(logs.kv(event="attempt-error", id=qid, error=f"{type(exc).__name__}: {exc}"))
+            return Outcome.SKIPPED
+        finally:
+            self.poke()
+
+    def reap(self) -> None:
+        for qid, future in list(self.inflight.items()):
+            if future.done():
+                del self.inflight[qid]
+                self.outcomes[future.result()] += 1
+
+    def heartbeat(self, now: float) -> None:
+        data = {
+            "pid": os.getpid(),
+            "time": now,
+            "mode": "once" if self.once else "service",
+            "version": __version__,
+            "inflight": len(self.inflight),
+        }
+        path = self.spool.path(STATE, HEARTBEAT_FILE)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(data, fh)
+            os.replace(tmp, path)  # not fsynced: a lost heartbeat is harmless
+        except OSError:
+            unlink_quiet(tmp)
+
+    def sweep(self, now: float) -> None:
+        """Forget sent-mail records older than SENT_RETENTION."""
+        if now - self.last_sweep < SWEEP_INTERVAL:
+            return
+        self.last_sweep = now
+        keep = self.ctx.cfg.seconds("SENT_RETENTION")
+        directory = self.spool.dir("sent")
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            try:
+                if now - os.stat(path).st_mtime > keep:
+                    os.unlink(path)
+            except FileNotFoundError:
+                continue
+
+    # -- main loops -----------------------------------------------------
+    def step(self) -> bool:
+        """One round of pickup and dispatch; True if anything is (still) to do."""
+        now = self.ctx.now()
+        self.reap()
+        picked = pickup(self.spool, self.ctx.cfg.max_message_size, limit=PICKUP_BATCH)
+        self.pending.extend((qid, QUEUE) for qid in picked)
+        if pause.queue_paused_until(self.spool) > now:
+            return bool(self.inflight)
+        self.refill(now)
+        self.dispatch()
+        return bool(self.pending or self.inflight or picked)
+
+    def run_service(self) -> int:
+        self.open_trigger()
+        recover(self.spool)
+        while not self.stopping.is_set():
+            now = self.ctx.now()
+            self.heartbeat(now)
+            self.sweep(now)
+            busy = self.step()
+            full = len(self.inflight) >= self.concurrency
+            if self.wait(RESCAN_SECONDS if (full or not busy) else 0.0):
+                self.flush_deferred(self.ctx.now())
+        self.drain_inflight()
+        return 0
+
+    def run_once(self) -> int:
+        recover(self.spool)
+        self.heartbeat(self.ctx.now())
+        while not self.stopping.is_set():
+            if not self.step():
+                break
+            if len(self.inflight) >= self.concurrency or not self.pending:
+                self.wait(0.05)
+        self.drain_inflight()
+        self.sweep(self.ctx.now())
+        if pause.queue_paused_until(self.spool) > self.ctx.now():
+            return 75
+        return 0
+
+    def drain_inflight(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.reap()
+
+
+def build_context(cfg: config.Config) -> Context:
+    from mssendmail.notice_hook import notifier
+
+    spool = Spool(cfg.queue_dir)
+    transport = from_config(cfg)
+    return Context(
+        spool=spool,
+        cfg=cfg,
+        transport=transport,
+        policy=Policy.from_config(cfg),
+        notify=notifier(cfg, spool),
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mssendmail-worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--once", action="store_true", help="deliver what is due, then exit")
+    parser.add_argument("--config", help="config file (default /etc/mssendmail/.env)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=__version__)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = config.load(args.config)
+        logs.setup(cfg.log_dir, args.verbose)
+        concurrency = cfg.integer("CONCURRENCY")
+        if not 1 <= concurrency <= 64:
+            raise ConfigError("CONCURRENCY must be between 1 and 64")
+        ctx = build_context(cfg)
+        worker = Worker(ctx, concurrency, args.once)
+    except MssendmailError as exc:
+        print(f"mssendmail-worker: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    except OSError as exc:
+        print(
+            f"mssendmail-worker: cannot start: {exc}; check QUEUE_DIR and run "
+            "'mssendmail-queue init'",
+            file=sys.stderr,
+        )
+        return 75
+
+    def stop(signum: int, frame: Any) -> None:
+        worker.stopping.set()
+        worker.poke()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info(
+        logs.kv(
+            event="start",
+            version=__version__,
+            mode="once" if args.once else "service",
+            concurrency=concurrency,
+            transport=cfg.get("TRANSPORT"),
+        )
+    )
+    try:
+        code = worker.run_once() if args.once else worker.run_service()
+    except MssendmailError as exc:
+        log.error(logs.kv(event="stopped", error=str(exc)))
+        code = exit_code(exc)
+    finally:
+        ctx.transport.close()
+    log.info(logs.kv(event="stop", **{o.value: n for o, n in worker.outcomes.items()}))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
