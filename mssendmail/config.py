@@ -45,6 +45,7 @@ DEFAULTS: dict[str, str] = {
     "CLOUD": "global",
     "AUTHORITY_HOST": "",
     "GRAPH_URL": "",
+    "GRAPH_TIMEOUT": "120s",
     # Delivery policy.
     "TRANSPORT": "graph",
     "OUTBOX_DIR": "",

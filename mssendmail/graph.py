@@ -1,0 +1,144 @@
+"""The Microsoft Graph transport: one message, one sendMail call.
+
+Job: POST {GRAPH_URL}/v1.0/users/{mailbox}/sendMail with the prepared MIME
+message base64-encoded as a text/plain body; 202 means Exchange accepted it.
+A 401 gets exactly one fresh token and an immediate retry (the token may
+have been revoked or have expired in flight). Everything else that is not
+202 is classified by mssendmail.classify into the delivery error classes.
+
+Messages whose base64 form exceeds 4 MiB cannot go through sendMail; they
+take ``_send_large`` (until the upload-session path lands it raises
+PermanentFailure so the worker dead-letters them with that reason).
+
+Timeouts: connect 10 s; the read timeout is the rest of GRAPH_TIMEOUT
+(default 120 s), so a Graph that accepts the connection and then never
+answers costs at most GRAPH_TIMEOUT. One keep-alive requests.Session is
+shared by all worker threads (its connection pool is thread-safe; cookies,
+the one shared mutable part, are refused).
+
+SECURITY: the Authorization header exists only inside the request; errors
+are built from status, Graph error code and message, never from the
+request, so a token cannot leak into a log line or a dead-letter record.
+
+FILES: none; tokens come from mssendmail.credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.cookiejar
+import uuid
+from typing import Protocol
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from mssendmail.classify import classify_http, network_error
+from mssendmail.clouds import endpoints
+from mssendmail.config import Config
+from mssendmail.errors import ConfigurationFailure, PermanentFailure
+from mssendmail.transports import Delivered
+
+# Graph refuses request bodies over 4 MB (413); the base64 body is what counts.
+MAX_SENDMAIL_BODY = 4 * 1024 * 1024
+CONNECT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 120.0
+LARGE_NOT_AVAILABLE = "message too large for sendMail; the large-message path is not available yet"
+
+
+class Tokens(Protocol):
+    def token(self, force_refresh: bool = False, rejected: str | None = None) -> str: ...
+
+
+def base64_size(n: int) -> int:
+    """Length of the base64 encoding of n bytes (no line breaks)."""
+    return 4 * ((n + 2) // 3)
+
+
+class GraphTransport:
+    """Transport that delivers through Graph sendMail; safe for concurrent use."""
+
+    def __init__(
+        self,
+        tokens: Tokens,
+        graph_url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        pool_size: int = 8,
+    ) -> None:
+        self.tokens = tokens
+        self.graph_url = graph_url.rstrip("/")
+        connect = min(CONNECT_TIMEOUT, timeout / 2)
+        self.timeout = (connect, max(timeout - connect, 0.1))
+        self.session = requests.Session()
+        self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        # No automatic retries: a POST that may have reached Graph must not be
+        # replayed behind the worker's back (that would send the mail twice).
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(pool_size, 1), max_retries=0)
+        self.session.mount("https://", adapter)
+        self.session.headers["User-Agent"] = "mssendmail"
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> GraphTransport:
+        from mssendmail.credentials import TokenProvider
+
+        ends = endpoints(cfg)
+        tokens = TokenProvider.from_config(cfg)
+        concurrency = cfg.integer("CONCURRENCY")
+        return cls(
+            tokens,
+            ends.graph_url,
+            timeout=cfg.seconds("GRAPH_TIMEOUT") or DEFAULT_TIMEOUT,
+            pool_size=max(concurrency, 1) * 2,
+        )
+
+    def __repr__(self) -> str:
+        return f"GraphTransport({self.graph_url})"
+
+    def url(self, mailbox: str) -> str:
+        return f"{self.graph_url}/v1.0/users/{quote(mailbox, safe='@')}/sendMail"
+
+    def send(self, mailbox: str, mime: bytes, queue_id: str) -> Delivered:
+        if not mailbox or "@" not in mailbox:
+            raise ConfigurationFailure(
+                f"no usable mailbox to send as ({mailbox!r}); set SENDER to a mailbox address"
+            )
+        if base64_size(len(mime)) > MAX_SENDMAIL_BODY:
+            return self._send_large(mailbox, mime, queue_id)
+        body = base64.b64encode(mime)
+        url = self.url(mailbox)
+        token = self.tokens.token()
+        response = self._post(url, body, token)
+        if response.status_code == 401:
+            # One fresh token, one immediate retry; a second 401 is classified.
+            token = self.tokens.token(force_refresh=True, rejected=token)
+            response = self._post(url, body, token)
+        if response.status_code == 202:
+            return Delivered(status=202, request_id=response.headers.get("request-id"))
+        raise classify_http(
+            response.status_code, response.content, response.headers, mailbox=mailbox
+        )
+
+    def _send_large(self, mailbox: str, mime: bytes, queue_id: str) -> Delivered:
+        """The single branch point for the upload-session path (draft + attachments + send)."""
+        raise PermanentFailure(LARGE_NOT_AVAILABLE, code="MessageTooLargeForSendMail")
+
+    def _post(self, url: str, body: bytes, token: str) -> requests.Response:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "text/plain",
+            "client-request-id": str(uuid.uuid4()),
+        }
+        try:
+            return self.session.post(
+                url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+            )
+        except requests.RequestException as exc:
+            raise network_error("cannot reach Graph", exc) from None
+
+    def close(self) -> None:
+        self.session.close()
+        close = getattr(self.tokens, "close", None)
+        if callable(close):
+            close()
