@@ -1,0 +1,200 @@
+"""Admin transitions: retry, requeue, hold, release and delete.
+
+Every transition first takes the same flock the worker takes (claim.lock) on
+the message where it is, and only then moves, touches or deletes it. So an
+admin command and a running worker never act on one message at once: if the
+worker holds it, the command walks away ("being sent right now"); if the
+command holds it, the worker's claim fails and it tries again later. Moves
+are spool.move() (rename + directory fsyncs), so a crash leaves the message
+in exactly one state.
+
+Each function returns a one-line report per message; a message that cannot
+be handled raises (NoSuchMessage: 67, Busy: 75, WrongState: 65).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from mssendmail import meta
+from mssendmail.claim import Claim, lock
+from mssendmail.errors import DataError, MssendmailError, NoSuchMessage, SpoolError
+from mssendmail.spool import (
+    ACTIVE,
+    DEAD,
+    DEFERRED,
+    HOLD,
+    MAILDROP,
+    QUEUE,
+    Spool,
+    fsync_dir,
+    is_id,
+    unlink_quiet,
+)
+
+LOCK_TRIES = 5
+
+
+class Busy(SpoolError):
+    """The worker holds the message (it is being sent); try again in a moment."""
+
+
+class WrongState(DataError):
+    """The message is not in a state this command applies to."""
+
+
+@dataclass
+class Result:
+    queue_id: str
+    text: str
+
+
+def _no_such(queue_id: str) -> NoSuchMessage:
+    return NoSuchMessage(f"no such message: {queue_id}; see 'mssendmail-queue list --state all'")
+
+
+def take(spool: Spool, queue_id: str, allowed: Iterable[str]) -> Claim:
+    """Lock a message where it is, if it is in one of the allowed areas.
+
+    Retries a few times because a message may move between locate() and
+    lock() (the worker deferring it, pickup queueing it).
+    """
+    allowed = tuple(allowed)
+    if not is_id(queue_id):
+        raise _no_such(queue_id)
+    area = None
+    for _ in range(LOCK_TRIES):
+        area = spool.locate(queue_id)
+        if area is None:
+            break
+        if area not in allowed:
+            raise _wrong_state(spool, queue_id, area, allowed)
+        held = lock(spool, queue_id, area)
+        if held is not None:
+            return held
+        time.sleep(0.05)
+    if area is None:
+        if os.path.exists(spool.sent_path(queue_id)):
+            raise WrongState(f"message {queue_id} was already sent; nothing to do")
+        raise _no_such(queue_id)
+    if area == ACTIVE:
+        raise Busy(f"message {queue_id} is being sent right now; try again in a moment")
+    raise Busy(f"message {queue_id} is busy (the worker holds it); try again in a moment")
+
+
+def _wrong_state(
+    spool: Spool, queue_id: str, area: str, allowed: tuple[str, ...]
+) -> MssendmailError:
+    if area == ACTIVE:
+        probe = lock(spool, queue_id, area)
+        if probe is None:
+            return Busy(f"message {queue_id} is being sent right now; try again in a moment")
+        probe.release()
+    where = "queued" if area in (QUEUE, MAILDROP) else area
+    names = ", ".join("queued" if a in (QUEUE, MAILDROP) else a for a in dict.fromkeys(allowed))
+    return WrongState(f"message {queue_id} is {where}; this works only for {names} messages")
+
+
+def _event(spool: Spool, queue_id: str, event: str, detail: str, now: float) -> None:
+    state = meta.read(spool, queue_id)
+    meta.add_event(state, now, event, detail)
+    meta.write(spool, queue_id, state)
+
+
+def retry(spool: Spool, queue_id: str, now: float | None = None) -> Result:
+    """Make a deferred message due now (its deferred/ mtime is the next attempt)."""
+    now = time.time() if now is None else now
+    if spool.locate(queue_id) in (QUEUE, MAILDROP):
+        return Result(queue_id, f"{queue_id}: already due")
+    held = take(spool, queue_id, (DEFERRED,))
+    try:
+        state = meta.read(spool, queue_id)
+        state["next_attempt"] = now
+        meta.add_event(state, now, "retry", "made due by an admin")
+        meta.write(spool, queue_id, state)
+        os.utime(spool.path(DEFERRED, queue_id), (now, now))
+    finally:
+        held.release()
+    return Result(queue_id, f"{queue_id}: due now")
+
+
+def requeue(spool: Spool, queue_id: str, now: float | None = None) -> Result:
+    """Move a dead letter back into the queue with a fresh attempt count."""
+    now = time.time() if now is None else now
+    held = take(spool, queue_id, (DEAD,))
+    try:
+        state = meta.read(spool, queue_id)
+        state["attempts"] = 0
+        state.pop("last_error", None)
+        state.pop("next_attempt", None)
+        # For the worker's MAX_AGE check: the age counts from here, not from submission.
+        state["requeued"] = now
+        meta.add_event(state, now, "requeued", "by an admin, attempts reset")
+        meta.write(spool, queue_id, state)
+        spool.move(queue_id, DEAD, QUEUE)
+        held.area = QUEUE
+        unlink_quiet(spool.reason_path(DEAD, queue_id))
+    finally:
+        held.release()
+    return Result(queue_id, f"{queue_id}: requeued")
+
+
+def hold(spool: Spool, queue_id: str, now: float | None = None) -> Result:
+    """Put a queued, deferred or orphaned active message on hold: never sent, never expires."""
+    now = time.time() if now is None else now
+    if spool.locate(queue_id) == MAILDROP:
+        raise Busy(f"message {queue_id} has not been picked up yet; try again in a second")
+    held = take(spool, queue_id, (QUEUE, DEFERRED, ACTIVE, HOLD))
+    try:
+        if held.area == HOLD:
+            return Result(queue_id, f"{queue_id}: already on hold")
+        _event(spool, queue_id, "hold", f"held by an admin (was {held.area})", now)
+        spool.move(queue_id, held.area, HOLD)
+        held.area = HOLD
+    finally:
+        held.release()
+    return Result(queue_id, f"{queue_id}: on hold")
+
+
+def release(spool: Spool, queue_id: str, now: float | None = None) -> Result:
+    """Return a held message to the queue, due now."""
+    now = time.time() if now is None else now
+    held = take(spool, queue_id, (HOLD,))
+    try:
+        _event(spool, queue_id, "release", "released by an admin", now)
+        spool.move(queue_id, HOLD, QUEUE)
+        held.area = QUEUE
+    finally:
+        held.release()
+    return Result(queue_id, f"{queue_id}: released")
+
+
+DELETABLE = (MAILDROP, QUEUE, DEFERRED, HOLD, DEAD, ACTIVE)
+
+
+def delete(spool: Spool, queue_id: str) -> Result:
+    """Remove a message for good, with its meta and reason records."""
+    held = take(spool, queue_id, DELETABLE)
+    try:
+        area = held.area
+        os.unlink(spool.path(area, queue_id))
+        fsync_dir(spool.dir(area))
+        # The message is gone; leftovers below would only be orphaned records.
+        meta.remove(spool, queue_id)
+        if area == DEAD:
+            unlink_quiet(spool.reason_path(DEAD, queue_id))
+    finally:
+        held.release()
+    return Result(queue_id, f"{queue_id}: deleted")
+
+
+ACTIONS: dict[str, Callable[[Spool, str], Result]] = {
+    "retry": retry,
+    "requeue": requeue,
+    "hold": hold,
+    "release": release,
+    "delete": delete,
+}

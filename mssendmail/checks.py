@@ -1,0 +1,305 @@
+"""The `mssendmail-queue check` checklist: is this setup able to deliver mail?
+
+Each check returns PASS, WARN or FAIL with one line saying what was seen
+and, when it is not PASS, what to do. In order: the config parses (unknown
+keys flagged), exactly one credential, the secrets file is not readable by
+everyone, the spool tree has the modes `init` gives it, a token can be
+acquired, the token's ``roles`` claim holds Mail.Send (FAIL without) and
+Mail.ReadWrite (WARN without: needed above ~3 MB), the worker's heartbeat
+is fresh, the trigger FIFO exists with its mode and has a reader, and the
+queue is not paused.
+
+The token is requested with an in-memory cache only: a check run as root
+must not leave a root-owned cache in state/ for the worker to trip over.
+The token itself is never printed, only the role names decoded from it
+(without verifying the signature: we only read our own token's claims).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mssendmail import meta, pause
+from mssendmail.config import Config, load
+from mssendmail.errors import MssendmailError
+from mssendmail.listing import printable
+from mssendmail.spool import DIR_MODES, ROOT_MODE, STATE, TRIGGER_MODE, Spool, service_ids
+
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+HEARTBEAT_FILE = "heartbeat.json"
+HEARTBEAT_FRESH = 120.0
+# A timer-driven --once worker beats only when it runs.
+ONCE_FRESH = 15 * 60.0
+REQUIRED_ROLE = "Mail.Send"
+LARGE_ROLE = "Mail.ReadWrite"
+
+
+@dataclass
+class Result:
+    status: str
+    name: str
+    detail: str
+
+    def line(self, color: bool = False) -> str:
+        tag = self.status
+        if color:
+            code = {PASS: "32", WARN: "33", FAIL: "31"}[self.status]
+            tag = f"\033[{code}m{tag}\033[0m"
+        return f"{tag}  {self.name}: {self.detail}"
+
+
+TokenFetcher = Callable[[Config], str]
+
+
+def fetch_token(cfg: Config) -> str:
+    """A fresh Graph token for the configured credential (memory cache only)."""
+    from mssendmail.clouds import endpoints
+    from mssendmail.credentials import TokenProvider, select
+
+    provider = TokenProvider(select(cfg), endpoints(cfg), None)
+    try:
+        return provider.token()
+    finally:
+        provider.close()
+
+
+def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Result]:
+    """Every check, in order; later checks are skipped when an earlier one makes them moot."""
+    results: list[Result] = []
+    try:
+        cfg = load(config_path)
+    except MssendmailError as exc:
+        return [Result(FAIL, "config", str(exc))]
+    results.append(check_config(cfg))
+    graph = cfg.get("TRANSPORT").lower() == "graph"
+    cred: Result | None = None
+    if graph:
+        cred = check_credentials(cfg)
+        results.append(cred)
+    else:
+        results.append(
+            Result(
+                WARN,
+                "transport",
+                f"TRANSPORT={cfg.get('TRANSPORT')}: mail is not sent through Graph",
+            )
+        )
+    results.append(check_secrets_file(cfg))
+    spool = Spool(cfg.queue_dir)
+    results.append(check_spool_modes(spool))
+    if cred is not None and cred.status == PASS:
+        token_result, token = check_token(cfg, fetch)
+        results.append(token_result)
+        if token is not None:
+            results.extend(check_roles(token))
+    results.append(check_worker(spool))
+    results.append(check_trigger(spool))
+    paused = check_pause(spool)
+    if paused is not None:
+        results.append(paused)
+    return results
+
+
+def check_config(cfg: Config) -> Result:
+    name = "config"
+    if not cfg.file_readable:
+        if cfg.path and os.path.exists(cfg.path):
+            return Result(FAIL, name, f"cannot read {cfg.path}; run as root")
+        return Result(WARN, name, f"{cfg.path} does not exist; running on defaults and environment")
+    try:
+        cfg.max_message_size  # noqa: B018 - validates the key
+        for key in ("RETRY_MIN", "RETRY_MAX", "MAX_AGE", "SENT_RETENTION"):
+            cfg.seconds(key)
+        cfg.integer("CONCURRENCY")
+        cfg.optional_int("MAX_ATTEMPTS")
+    except MssendmailError as exc:
+        return Result(FAIL, name, f"{cfg.path}: {exc}")
+    unknown = cfg.unknown_keys()
+    if unknown:
+        return Result(
+            WARN, name, f"{cfg.path}: unknown keys {', '.join(unknown)} (typos?); they are ignored"
+        )
+    return Result(PASS, name, f"{cfg.path} parses, no unknown keys")
+
+
+def check_credentials(cfg: Config) -> Result:
+    from mssendmail.credentials import select
+
+    try:
+        spec = select(cfg)
+    except MssendmailError as exc:
+        return Result(FAIL, "credential", str(exc))
+    where = f" for app {spec.client_id} in tenant {spec.tenant}" if spec.client_id else ""
+    kind = spec.kind.replace("_", " ")
+    return Result(PASS, "credential", f"exactly one credential: {kind}{where}")
+
+
+def _mode_problem(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot stat {path}: {exc.strerror}"
+    if st.st_mode & stat.S_IROTH:
+        return f"{path} is readable by everyone (mode {stat.S_IMODE(st.st_mode):04o})"
+    if st.st_mode & stat.S_IWOTH:
+        return f"{path} is writable by everyone (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def check_secrets_file(cfg: Config) -> Result:
+    name = "secrets"
+    paths = [p for p in (cfg.path, cfg.get("CLIENT_CERTIFICATE")) if p and os.path.exists(p)]
+    if not paths:
+        return Result(WARN, name, "no config file: secrets come from the environment")
+    for path in paths:
+        problem = _mode_problem(path)
+        if problem:
+            return Result(FAIL, name, f"{problem}; chmod 0640 {path}")
+    return Result(PASS, name, f"{', '.join(paths)} not readable by everyone")
+
+
+def check_spool_modes(spool: Spool) -> Result:
+    name = "spool"
+    expected = {spool.root: ROOT_MODE, **{spool.dir(a): m for a, m in DIR_MODES.items()}}
+    owner = service_ids()
+    wrong: list[str] = []
+    for path, mode in expected.items():
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            wrong.append(f"{path} missing")
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            wrong.append(f"{path} is not a directory")
+        elif stat.S_IMODE(st.st_mode) != mode:
+            wrong.append(f"{path} mode {stat.S_IMODE(st.st_mode):04o}, want {mode:04o}")
+        elif owner is not None and (st.st_uid, st.st_gid) != owner:
+            wrong.append(f"{path} not owned by mssendmail:mssendmail")
+    if wrong:
+        more = f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        return Result(FAIL, name, f"{wrong[0]}{more}; run 'mssendmail-queue init' as root")
+    return Result(
+        PASS, name, f"{spool.root} and its {len(DIR_MODES)} directories have the right modes"
+    )
+
+
+def check_token(cfg: Config, fetch: TokenFetcher) -> tuple[Result, str | None]:
+    from mssendmail.clouds import endpoints
+
+    name = "token"
+    try:
+        host = endpoints(cfg).authority_host
+        started = time.monotonic()
+        token = fetch(cfg)
+    except MssendmailError as exc:
+        return Result(FAIL, name, str(exc)), None
+    ms = int((time.monotonic() - started) * 1000)
+    return Result(PASS, name, f"acquired from {host} in {ms} ms"), token
+
+
+def check_roles(token: str) -> list[Result]:
+    from mssendmail.credentials import token_claims
+
+    claims = token_claims(token)
+    if not claims:
+        return [Result(WARN, "roles", "the token is not a JWT; cannot read its roles")]
+    raw = claims.get("roles")
+    roles = sorted(r for r in raw if isinstance(r, str)) if isinstance(raw, list) else []
+    shown = ", ".join(roles) or "none"
+    results = []
+    if REQUIRED_ROLE in roles:
+        results.append(Result(PASS, "Mail.Send", f"granted (token roles: {shown})"))
+    else:
+        results.append(
+            Result(
+                FAIL,
+                "Mail.Send",
+                f"NOT granted (token roles: {shown}); add the Microsoft Graph application "
+                "permission Mail.Send to the app and grant admin consent",
+            )
+        )
+    if LARGE_ROLE in roles:
+        results.append(Result(PASS, "Mail.ReadWrite", "granted: messages over 3 MB can be sent"))
+    else:
+        results.append(
+            Result(
+                WARN,
+                "Mail.ReadWrite",
+                "not granted: messages over about 3 MB will fail; add it if you send those",
+            )
+        )
+    return results
+
+
+def check_worker(spool: Spool, now: float | None = None) -> Result:
+    name = "worker"
+    now = time.time() if now is None else now
+    path = spool.path(STATE, HEARTBEAT_FILE)
+    beat = meta.read_json(path)
+    when = beat.get("time")
+    if not isinstance(when, (int, float)) or isinstance(when, bool):
+        return Result(
+            FAIL, name, "no heartbeat: the worker has never run; start mssendmail-worker.service"
+        )
+    age = now - float(when)
+    mode = beat.get("mode")
+    pid = beat.get("pid")
+    if age < HEARTBEAT_FRESH:
+        return Result(PASS, name, f"running (pid {pid}, {mode}), heartbeat {int(age)}s ago")
+    if mode == "once" and age < ONCE_FRESH:
+        return Result(PASS, name, f"timer-driven --once run {int(age)}s ago")
+    return Result(
+        FAIL,
+        name,
+        f"last heartbeat {int(age)}s ago (pid {pid}); "
+        "is mssendmail-worker running? see journalctl -u mssendmail-worker",
+    )
+
+
+def check_trigger(spool: Spool) -> Result:
+    name = "trigger"
+    path = spool.trigger_path
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return Result(FAIL, name, f"{path} missing; run 'mssendmail-queue init' as root")
+    if not stat.S_ISFIFO(st.st_mode):
+        return Result(FAIL, name, f"{path} is not a FIFO; remove it, run 'mssendmail-queue init'")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode != TRIGGER_MODE:
+        return Result(
+            FAIL,
+            name,
+            f"{path} mode {mode:04o}, want {TRIGGER_MODE:04o}; run 'mssendmail-queue init'",
+        )
+    # Opening a FIFO for writing without blocking fails with ENXIO when nobody
+    # reads it: that tells whether a worker is listening. Nothing is written.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return Result(
+                WARN, name, f"{path} has no reader: new mail waits for the next worker run"
+            )
+        return Result(FAIL, name, f"cannot open {path}: {exc.strerror}")
+    os.close(fd)
+    return Result(PASS, name, f"{path} is a FIFO, mode {mode:04o}, a worker is listening")
+
+
+def check_pause(spool: Spool, now: float | None = None) -> Result | None:
+    now = time.time() if now is None else now
+    until = pause.queue_paused_until(spool)
+    if until <= now:
+        return None
+    reason = printable(pause.current(spool).get("reason", "?"), 300)
+    return Result(FAIL, "delivery", f"paused for {int(until - now)}s more after: {reason}")
+
+
+def exit_status(results: list[Result]) -> int:
+    """78 (EX_CONFIG) on any FAIL, else 0."""
+    return 78 if any(r.status == FAIL for r in results) else 0

@@ -1,0 +1,240 @@
+"""Queue statistics for `mssendmail-queue stats` and for alerting.
+
+Counts messages per state from directory listings alone (no file is
+opened for a count), takes the age of the oldest message still waiting for
+delivery from its queue id, the last success from the newest sent/ record
+(its mtime is the send time) and the last failure from meta/ and dead/
+reason records. ``--prometheus FILE`` writes the node_exporter textfile
+format by temp file + fsync + rename, so the collector never reads half a
+file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mssendmail import meta, pause
+from mssendmail.listing import id_time, printable, require_access, sent_ids
+from mssendmail.spool import (
+    ACTIVE,
+    CORRUPT,
+    DEAD,
+    DEFERRED,
+    HOLD,
+    MAILDROP,
+    META,
+    QUEUE,
+    STATE,
+    Spool,
+    is_id,
+    write_atomic,
+)
+
+HEARTBEAT_FILE = "heartbeat.json"
+WAITING = (MAILDROP, QUEUE, ACTIVE, DEFERRED)
+
+
+@dataclass
+class Stats:
+    """A snapshot; times are Unix seconds, None when there is nothing to tell."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    oldest_queued_age: float | None = None
+    last_success: float | None = None
+    last_success_id: str | None = None
+    last_failure: float | None = None
+    last_failure_id: str | None = None
+    last_failure_reason: str | None = None
+    paused_until: float | None = None
+    pause_reason: str | None = None
+    heartbeat: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _listdir(spool: Spool, area: str) -> list[str]:
+    try:
+        return os.listdir(spool.dir(area))
+    except (FileNotFoundError, PermissionError):
+        return []
+
+
+def collect(spool: Spool, now: float | None = None) -> Stats:
+    require_access(spool)
+    now = time.time() if now is None else now
+    stats = Stats()
+    oldest: float | None = None
+    for name, areas in (
+        ("queued", (MAILDROP, QUEUE)),
+        ("active", (ACTIVE,)),
+        ("deferred", (DEFERRED,)),
+        ("hold", (HOLD,)),
+        ("dead", (DEAD,)),
+    ):
+        count = 0
+        for area in areas:
+            ids = [n for n in _listdir(spool, area) if is_id(n)]
+            count += len(ids)
+            if area in WAITING and ids:
+                first = id_time(min(ids))
+                oldest = first if oldest is None else min(oldest, first)
+        stats.counts[name] = count
+    stats.counts["corrupt"] = sum(1 for n in _listdir(spool, CORRUPT) if is_id(n))
+    sent = sent_ids(spool)
+    stats.counts["sent"] = len(sent)
+    if oldest is not None:
+        stats.oldest_queued_age = max(0.0, now - oldest)
+    _last_success(spool, sent, stats)
+    _last_failure(spool, stats)
+    until = pause.queue_paused_until(spool)
+    if until > now:
+        stats.paused_until = until
+        reason = pause.current(spool).get("reason")
+        stats.pause_reason = printable(reason, 300) if isinstance(reason, str) else None
+    beat = meta.read_json(spool.path(STATE, HEARTBEAT_FILE)).get("time")
+    if isinstance(beat, (int, float)) and not isinstance(beat, bool):
+        stats.heartbeat = float(beat)
+    return stats
+
+
+def _last_success(spool: Spool, sent: list[str], stats: Stats) -> None:
+    best: tuple[float, str] | None = None
+    for queue_id in sent:
+        try:
+            mtime = os.stat(spool.sent_path(queue_id)).st_mtime
+        except FileNotFoundError:
+            continue
+        if best is None or mtime > best[0]:
+            best = (mtime, queue_id)
+    if best is None:
+        return
+    info = meta.read_json(spool.sent_path(best[1]))
+    when = info.get("sent")
+    stats.last_success = float(when) if isinstance(when, (int, float)) else best[0]
+    stats.last_success_id = best[1]
+
+
+def _last_failure(spool: Spool, stats: Stats) -> None:
+    """The newest last_error in meta/ or reason in dead/."""
+    candidates: list[tuple[str, str]] = [
+        (name[:-5], os.path.join(spool.dir(META), name))
+        for name in _listdir(spool, META)
+        if name.endswith(".json") and is_id(name[:-5])
+    ]
+    candidates += [
+        (name[: -len(".reason.json")], os.path.join(spool.dir(DEAD), name))
+        for name in _listdir(spool, DEAD)
+        if name.endswith(".reason.json")
+    ]
+    for queue_id, path in candidates:
+        data = meta.read_json(path)
+        err = data.get("last_error") if path.startswith(spool.dir(META)) else data
+        if not isinstance(err, dict):
+            continue
+        when = err.get("time")
+        if not isinstance(when, (int, float)) or isinstance(when, bool):
+            continue
+        if stats.last_failure is None or when > stats.last_failure:
+            stats.last_failure = float(when)
+            stats.last_failure_id = queue_id
+            bits = [str(err[k]) for k in ("code", "status") if err.get(k)]
+            message = err.get("message")
+            text = f"{message} ({', '.join(bits)})" if bits else str(message)
+            stats.last_failure_reason = printable(text, 300)
+
+
+def render(stats: Stats, now: float | None = None) -> list[str]:
+    """The human view, within 80 columns."""
+    from mssendmail.listing import human_delta, human_time, shorten
+
+    now = time.time() if now is None else now
+    counts = stats.counts
+    lines = [
+        "  ".join(f"{name} {counts.get(name, 0)}" for name in ("queued", "active", "deferred"))
+        + "  "
+        + "  ".join(f"{name} {counts.get(name, 0)}" for name in ("hold", "dead", "sent"))
+    ]
+    if counts.get("corrupt"):
+        lines.append(f"corrupt {counts['corrupt']} (quarantined submissions in corrupt/)")
+    if stats.oldest_queued_age is None:
+        lines.append("oldest queued: none, queue is empty")
+    else:
+        lines.append(f"oldest queued: {human_delta(stats.oldest_queued_age)} old")
+    if stats.last_success is None:
+        lines.append("last success:  none recorded")
+    else:
+        ago = human_delta(now - stats.last_success)
+        lines.append(
+            f"last success:  {human_time(stats.last_success)} ({ago} ago) {stats.last_success_id}"
+        )
+    if stats.last_failure is None:
+        lines.append("last failure:  none recorded")
+    else:
+        ago = human_delta(now - stats.last_failure)
+        lines.append(
+            f"last failure:  {human_time(stats.last_failure)} ({ago} ago) {stats.last_failure_id}"
+        )
+        lines.append("  " + shorten(stats.last_failure_reason or "?", 78))
+    if stats.paused_until is not None:
+        lines.append(
+            shorten(f"PAUSED until {human_time(stats.paused_until)}: {stats.pause_reason}", 80)
+        )
+    if stats.heartbeat is None:
+        lines.append("worker:        no heartbeat seen")
+    else:
+        lines.append(f"worker:        last heartbeat {human_delta(now - stats.heartbeat)} ago")
+    return lines
+
+
+def prometheus(stats: Stats) -> str:
+    """The node_exporter textfile format."""
+    out = [
+        "# HELP mssendmail_messages Messages in the mssendmail spool by state.",
+        "# TYPE mssendmail_messages gauge",
+    ]
+    for state, count in stats.counts.items():
+        out.append(f'mssendmail_messages{{state="{state}"}} {count}')
+    gauges: list[tuple[str, str, float | None]] = [
+        (
+            "mssendmail_oldest_queued_age_seconds",
+            "Age of the oldest message waiting for delivery (0 when none).",
+            stats.oldest_queued_age or 0.0,
+        ),
+        (
+            "mssendmail_last_success_timestamp_seconds",
+            "Unix time of the last delivered message (0 when none).",
+            stats.last_success or 0.0,
+        ),
+        (
+            "mssendmail_last_failure_timestamp_seconds",
+            "Unix time of the last failed delivery attempt (0 when none).",
+            stats.last_failure or 0.0,
+        ),
+        (
+            "mssendmail_queue_paused",
+            "1 while delivery is paused by a credential or tenant problem.",
+            1.0 if stats.paused_until is not None else 0.0,
+        ),
+        (
+            "mssendmail_worker_heartbeat_timestamp_seconds",
+            "Unix time of the worker's last heartbeat (0 when none).",
+            stats.heartbeat or 0.0,
+        ),
+    ]
+    for name, help_text, value in gauges:
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:.3f}"]
+    return "\n".join(out) + "\n"
+
+
+def write_prometheus(stats: Stats, path: str) -> None:
+    """Atomically replace path (temp name without .prom, so the collector skips it)."""
+    write_atomic(os.path.abspath(path), prometheus(stats).encode(), 0o644)
+
+
+def json_line(stats: Stats) -> str:
+    return json.dumps(stats.as_json(), sort_keys=True)
