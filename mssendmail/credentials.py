@@ -272,8 +272,8 @@ class _StateStore:
         assert self.directory is not None
         path = os.path.join(self.directory, name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # absent, a planted symlink (ELOOP) or unreadable: start afresh
             return None
         try:
             st = os.fstat(fd)
@@ -293,8 +293,14 @@ class _StateStore:
         text = self._read(TOKEN_CACHE_FILE)
         if text:
             try:
-                token_cache.deserialize(text)
+                doc = json.loads(text)
             except ValueError:
+                doc = None
+            # msal trusts the shape of what it deserializes; a damaged file
+            # must not crash every later token request.
+            if isinstance(doc, dict) and all(isinstance(v, dict) for v in doc.values()):
+                token_cache.deserialize(text)
+            else:
                 log.warning("ignoring a damaged token cache in %s", self.directory)
         text = self._read(HTTP_CACHE_FILE)
         if text:

@@ -72,7 +72,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from email.policy import compat32
 from email.utils import formatdate, getaddresses
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -220,7 +220,23 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
+    def _start(self, method: str, path: str, mailbox: str | None = None) -> None:
+        self._rec = RequestRecord(time.time(), method, path, 0, mailbox)
+        self._token_rec: TokenRecord | None = None
+        self._logged = False
+
+    def _log(self, status: int) -> None:
+        """Record the request before the client can see the answer (tests read at once)."""
+        if self._logged:
+            return
+        self._logged = True
+        fake = self.server.fake
+        fake._record(replace(self._rec, status=status))
+        if self._token_rec is not None:
+            fake._record_token(replace(self._token_rec, status=status))
+
     def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self._log(status)
         lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}"]
         all_headers = {"Date": formatdate(usegmt=True), "Content-Length": str(len(body))}
         all_headers.update(headers or {})
@@ -257,9 +273,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _fault(self, fault: Fault, request_id: str, json_error: bool) -> int:
         fake = self.server.fake
         if fault.kind == "reset":
+            self._log(0)
             self._reset()
             return 0
         if fault.kind == "hang":
+            self._log(0)
             fake._stopping.wait(fault.seconds)
             self._reset()
             return 0
@@ -277,6 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         path = urlsplit(self.path).path
         parts = path.strip("/").split("/")
+        self._start("GET", path)
         status = 404
         if path.endswith("/v2.0/.well-known/openid-configuration") and len(parts) == 4:
             status = self._discovery(parts[0])
@@ -287,15 +306,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, fake.state())
         else:
             self._json(404, {"error": "not_found"})
-        fake._record(RequestRecord(time.time(), "GET", path, status))
+        self._log(status)
 
     def do_POST(self) -> None:
-        fake = self.server.fake
         path = urlsplit(self.path).path
         parts = path.strip("/").split("/")
-        mailbox = None
-        if len(parts) == 4 and parts[:2] == ["v1.0", "users"] and parts[3] == "sendMail":
-            mailbox = unquote(parts[2])
+        is_send = len(parts) == 4 and parts[:2] == ["v1.0", "users"] and parts[3] == "sendMail"
+        mailbox = unquote(parts[2]) if is_send else None
+        self._start("POST", path, mailbox)
+        if mailbox is not None:
             status = self._send_mail(mailbox)
         elif len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]:
             status = self._token(parts[0])
@@ -305,7 +324,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._body()
             status = 404
             self._graph_error(404, "BadRequest", "unsupported path", str(uuid.uuid4()), {})
-        fake._record(RequestRecord(time.time(), "POST", path, status, mailbox))
+        self._log(status)
 
     # -- identity platform --------------------------------------------------
     def _discovery(self, tenant: str) -> int:
@@ -331,10 +350,12 @@ class _Handler(BaseHTTPRequestHandler):
         client_id, scope = form.get("client_id", ""), form.get("scope", "")
         fault = fake._next_fault(fake._token_faults)
         if fault is not None:
-            status = self._fault(fault, "", json_error=True)
-            fake._record_token(TokenRecord(time.time(), "fault", client_id, scope, status))
-            return status
+            self._token_rec = TokenRecord(time.time(), "fault", client_id, scope, 0)
+            return self._fault(fault, "", json_error=True)
         kind, status, error, description = self._check_client(tenant, form)
+        self._token_rec = TokenRecord(
+            time.time(), kind, client_id, scope, status, form.get("client_assertion")
+        )
         if status == 200:
             token, lifetime = fake._issue(client_id, scope.rsplit("/", 1)[0])
             self._json(
@@ -356,9 +377,6 @@ class _Handler(BaseHTTPRequestHandler):
                     "correlation_id": str(uuid.uuid4()),
                 },
             )
-        fake._record_token(
-            TokenRecord(time.time(), kind, client_id, scope, status, form.get("client_assertion"))
-        )
         return status
 
     def _check_client(self, tenant: str, form: dict[str, str]) -> tuple[str, int, str, str]:
@@ -415,6 +433,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
         resource = query.get("resource", "")
         identity = query.get("client_id") or query.get("msi_res_id") or "system"
+        self._token_rec = TokenRecord(time.time(), "managed_identity", identity, resource, 0)
         if self.headers.get("Metadata") != "true" or not resource:
             self._json(400, {"error": "invalid_request", "error_description": "bad request"})
             status = 400
@@ -434,7 +453,6 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             status = 200
-        fake._record_token(TokenRecord(time.time(), "managed_identity", identity, resource, status))
         return status
 
     # -- Graph ------------------------------------------------------------
