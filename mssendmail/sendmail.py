@@ -1,0 +1,324 @@
+"""mssendmail -- a sendmail-compatible submission program that only queues.
+
+NAME
+    mssendmail, sendmail, mailq, newaliases
+
+SYNOPSIS
+    mssendmail [flags] [--] [recipient ...] < message
+    mailq | mssendmail -bp
+    mssendmail -q
+
+DESCRIPTION
+    Reads one RFC 5322 message from standard input and queues it durably in
+    QUEUE_DIR/maildrop/; the worker (mssendmail-worker) delivers it later.
+    Recipients are the argv addresses (comma lists and bare local names such
+    as ``root`` allowed) plus, with -t or when argv names nobody, every
+    address in every To:, Cc: and Bcc: field. Without -i/-oi a line holding
+    only "." ends the input (nothing after it is read); ".." is kept as is.
+    The message is stored byte for byte; the worker adds Date:, Message-ID:,
+    removes Bcc: and resolves local names. The flag table is in flags.py.
+    Called as ``mailq`` it lists the queue (-bp); as ``newaliases`` (-bi) it
+    does nothing. -q wakes the worker to retry deferred mail; it needs no
+    secrets. -v prints the queue id on stderr; success prints nothing.
+
+READS/WRITES
+    stdin, streamed in chunks (never held in memory), into
+    maildrop/tmp.<id> (flocked), then renamed to maildrop/<id> after fsync;
+    the directory is fsynced before exit 0. Writes one byte to the trigger
+    FIFO. The config file is read only if the caller can read it.
+
+SECURITY
+    Runs as the caller with no privileges, secrets or network. maildrop/ is
+    mode 3773: anyone may create a file there but not list or delete
+    others'. The record's uid and user are claims the worker re-checks.
+    -f/-F/addresses holding CR, LF or NUL are refused (header injection).
+    SIGTERM, SIGINT, SIGHUP and SIGPIPE before the commit remove the
+    temporary file and queue nothing; after kill -9 the unlocked temporary
+    file is removed by the worker.
+
+EXIT STATUS
+    0 queued (or listed / no-op); 64 usage: unknown flag, no recipients,
+    -bs; 65 bad data: unparsable address, NUL byte, message over
+    MAX_MESSAGE_SIZE, header injection; 75 spool missing, unwritable or
+    full, or interrupted by a signal; 77 mailq without permission;
+    78 unusable config; 70 internal error. Errors are one line on stderr:
+    ``mssendmail: <what happened>; <what to do>``.
+
+FILES
+    /etc/mssendmail/.env (or $MSSENDMAIL_CONFIG, or --config PATH):
+    QUEUE_DIR, MAX_MESSAGE_SIZE.  QUEUE_DIR/maildrop/, QUEUE_DIR/trigger.
+
+PERFORMANCE
+    This module is the hot path: standard library only, and not even
+    ``typing``; see bench/submit.py for the budget and the numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from mssendmail import config as config_mod
+from mssendmail import errors, flags
+from mssendmail.errors import DataError, MssendmailError, UsageError
+from mssendmail.message import HeaderCollector, check_full_name, parse_address_list, parse_sender
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs ~5 ms of the budget
+    from mssendmail.config import Config
+    from mssendmail.spool import Spool
+    from mssendmail.submit import Submission
+
+CHUNK = 256 * 1024
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE)
+
+
+class Interrupted(MssendmailError):
+    """A signal arrived before the message was committed; nothing was queued."""
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    # Fire once: a second signal while this one unwinds must not raise inside
+    # the cleanup or the error report.
+    for sig in HANDLED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(
+        f"interrupted by signal {signal.Signals(signum).name}; nothing was queued, send again"
+    )
+
+
+class LoneDotFilter:
+    """Cuts the input at a line holding only "." (no -i), across chunk boundaries.
+
+    A candidate "." or ".\\r" at the end of a chunk is held back until the
+    next chunk decides; at EOF it is the end marker and is dropped. ".." is
+    not un-stuffed, as in Postfix.
+    """
+
+    def __init__(self) -> None:
+        self.pending = b""
+        self.at_line_start = True
+        self.ended = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to store from chunk; sets ``ended`` at the lone dot."""
+        data = self.pending + chunk
+        self.pending = b""
+        if self.at_line_start and (data.startswith(b".\n") or data.startswith(b".\r\n")):
+            self.ended = True
+            return b""
+        cut = _first_of(data.find(b"\n.\n"), data.find(b"\n.\r\n"))
+        if cut >= 0:
+            self.ended = True
+            return data[: cut + 1]
+        line_start = data.rfind(b"\n") + 1
+        if line_start == 0 and not self.at_line_start:
+            line_start = len(data)
+        if data[line_start:] in (b".", b".\r"):
+            self.pending = data[line_start:]
+            data = data[:line_start]
+        if data:
+            self.at_line_start = data.endswith(b"\n")
+        return data
+
+
+def _first_of(a: int, b: int) -> int:
+    if a < 0:
+        return b
+    return a if b < 0 else min(a, b)
+
+
+def _ensure_std_fds() -> None:
+    """Open /dev/null on a closed fd 0-2, so no spool file can become our stdin or stderr."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def _dedupe(addresses: list[str]) -> list[str]:
+    seen: set[str] = set()
+    unique: list[str] = []
+    for address in addresses:
+        if address not in seen:
+            seen.add(address)
+            unique.append(address)
+    return unique
+
+
+def _argv_recipients(args: list[str]) -> list[str]:
+    found: list[str] = []
+    for arg in args:
+        try:
+            found.extend(parse_address_list(arg))
+        except DataError as exc:
+            raise DataError(f"recipient argument: {exc}; fix the address") from None
+    return found
+
+
+def submit(cfg: Config, opts: flags.Options, stdin_fd: int = 0) -> str:
+    """Queue the message on stdin; returns the queue id (the -bm mode).
+
+    Signals are blocked except while we wait for stdin, which is where a
+    caller cancels: the create and the commit happen whole or not at all.
+    A signal during ``commit`` could otherwise land after the rename and
+    make us report failure for a message the worker will send. They stay
+    blocked after the commit; main() then discards what is pending.
+    """
+    from mssendmail.spool import Spool
+    from mssendmail.submit import Submission, make_envelope
+
+    sender = parse_sender(opts.sender) if opts.sender is not None else ""
+    full_name = check_full_name(opts.full_name) if opts.full_name is not None else None
+    argv_rcpts = _argv_recipients(opts.recipients)
+    extract = opts.extract or not argv_rcpts
+    headers = HeaderCollector() if extract else None
+    dots = None if opts.ignore_dots else LoneDotFilter()
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    with Submission(Spool(cfg.queue_dir), cfg.max_message_size) as sub:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        try:
+            _stream(stdin_fd, sub, headers, dots)
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        recipients = _dedupe(argv_rcpts + (headers.recipients() if headers else []))
+        if not recipients:
+            raise UsageError(
+                "no recipients: none on the command line and none in To:, Cc: or Bcc:; "
+                "name at least one"
+            )
+        envelope = make_envelope(
+            sender,
+            recipients,
+            from_headers=extract,
+            argv_recipients=argv_rcpts,
+            full_name=full_name,
+            source="sendmail",
+        )
+        return sub.commit(envelope)
+
+
+def _stream(
+    fd: int, sub: Submission, headers: HeaderCollector | None, dots: LoneDotFilter | None
+) -> None:
+    """Copy stdin into the submission chunk by chunk, checking as it goes."""
+    while True:
+        try:
+            chunk = os.read(fd, CHUNK)
+        except OSError as exc:
+            raise errors.SpoolError(
+                f"cannot read the message from standard input: {exc.strerror}; "
+                "check how the caller passes the message"
+            ) from exc
+        if not chunk:
+            return
+        if dots is not None:
+            chunk = dots.feed(chunk)
+        if b"\0" in chunk:
+            raise DataError("the message contains a NUL byte; send text or MIME-encoded data")
+        if headers is not None:
+            headers.feed(chunk)
+        sub.write(chunk)
+        if dots is not None and dots.ended:
+            return  # Postfix reads nothing after the lone dot
+
+
+def run_bs(cfg: Config) -> int:
+    """-bs: SMTP on stdin/stdout. The SMTP helper's mssendmail/bs.py plugs in here."""
+    raise UsageError(
+        "-bs (SMTP on standard input) is not available yet; "
+        "call mssendmail -t -i with the message on stdin, or use mssendmail-smtpd"
+    )
+
+
+def list_queue(spool: Spool) -> int:
+    """-bp / mailq."""
+    from mssendmail.mailq import list_queue as lister
+
+    # `mailq | head` should end quietly, like any Unix lister.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    return lister(spool, sys.stdout)
+
+
+def run(argv: list[str], prog: str, stdin_fd: int = 0) -> int:
+    """Everything but the error reporting; returns the exit status."""
+    if prog == "newaliases":
+        return 0
+    opts = flags.parse(argv)
+    if prog == "mailq":
+        opts.mode = "list"
+    if opts.mode == "newaliases":
+        return 0
+    if opts.mode in ("help", "version"):
+        from mssendmail import __version__
+
+        print(flags.usage() if opts.mode == "help" else f"mssendmail {__version__}")
+        return 0
+    cfg = config_mod.load(opts.config)
+    if opts.mode == "smtp":
+        return run_bs(cfg)
+    from mssendmail.spool import Spool
+
+    if opts.mode == "flush":
+        Spool(cfg.queue_dir).wake(flush=True)
+        return 0
+    if opts.mode == "list":
+        return list_queue(Spool(cfg.queue_dir))
+    queue_id = submit(cfg, opts, stdin_fd)
+    if opts.verbose:
+        _say(f"{prog}: queued as {queue_id}")
+    return 0
+
+
+def _say(line: str) -> None:
+    """One line on stderr, whatever the text holds."""
+    try:
+        os.write(2, (line.replace("\n", " ") + "\n").encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass  # stderr closed: the exit status still tells
+
+
+def main(argv: list[str] | None = None, stdin_fd: int = 0) -> int:
+    """Console entry point: one line on stderr and a sysexits code for every failure."""
+    args = sys.argv if argv is None else argv
+    prog = os.path.basename(args[0]) if args else "mssendmail"
+    if prog not in ("mailq", "newaliases"):
+        prog = "mssendmail"
+    _ensure_std_fds()
+    saved = {sig: signal.signal(sig, _on_signal) for sig in HANDLED_SIGNALS}
+    try:
+        try:
+            return _report(list(args[1:]), prog, stdin_fd)
+        except Interrupted as exc:  # landed while another error was being reported
+            _say(f"{prog}: {exc}")
+            return errors.EX_TEMPFAIL
+    finally:
+        # Pending (blocked) signals are discarded: they came after the commit.
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _report(args: list[str], prog: str, stdin_fd: int) -> int:
+    try:
+        return run(args, prog, stdin_fd)
+    except Interrupted as exc:
+        _say(f"{prog}: {exc}")
+        return errors.EX_TEMPFAIL
+    except MssendmailError as exc:
+        _say(f"{prog}: {exc}")
+        return errors.exit_code(exc)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        _say(f"{prog}: {exc.strerror or exc}{where}; check QUEUE_DIR and free disk space")
+        return errors.EX_TEMPFAIL
+    except Exception as exc:
+        _say(f"{prog}: internal error: {type(exc).__name__}: {exc}; please report this bug")
+        return errors.EX_SOFTWARE
