@@ -518,3 +518,51 @@ def test_prepare_is_fast_enough_for_the_drain_benchmark() -> None:
     per_message = (time.perf_counter() - start) / 500
     # 200 msg/s leaves 5 ms per message for everything; preparing must be a small part.
     assert per_message < 0.002, per_message
+
+
+_NAMES = st.sampled_from(
+    [b"From", b"To", b"Cc", b"Bcc", b"Reply-To", b"Sender", b"Subject", b"Message-ID", b"TO"]
+)
+_VALUES = st.one_of(
+    st.binary(max_size=60),
+    st.text(max_size=60).map(str.encode),
+    st.sampled_from(
+        [
+            b"root",
+            b"a@example.org",
+            b'"q@x" <a@example.org>',
+            b"g: a@example.org, root;",
+            b"=?utf-8?q?=C3=A9?= <x@other.example>",
+            b"root (Cron)",
+            b"<>",
+            b"a@b@c",
+            b'"unterminated',
+        ]
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.lists(st.tuples(_NAMES, _VALUES), max_size=8),
+    rcpts=st.lists(st.sampled_from(["root", "a@example.org", "b@example.net"]), max_size=3),
+    full_name=st.text(max_size=10),
+)
+def test_property_hostile_headers(
+    fields: list[tuple[bytes, bytes]], rcpts: list[str], full_name: str
+) -> None:
+    message = b"\n".join(name + b": " + value for name, value in fields) + b"\n\nbody\n"
+    config = cfg(ALLOWED_FROM="@example.org")
+    try:
+        result = run(message, env(*rcpts, full_name=full_name), config)
+    except DataError:
+        return  # refused as undeliverable: dead-lettered, never a crash
+    assert only_crlf(result.mime)
+    assert all("@" in r for r in result.recipients)
+    msg = parsed(result)
+    froms = msg.get_all("From")
+    assert len(froms) == 1
+    assert [a.addr_spec.lower() for a in froms[0].addresses] == [result.mailbox.lower()]
+    assert result.mailbox == SENDER or result.mailbox.lower().endswith("@example.org")
+    bcc = [a.addr_spec.lower() for a in msg["Bcc"].addresses] if "Bcc" in msg else []
+    assert set(bcc) <= {r.lower() for r in result.recipients}
