@@ -90,7 +90,9 @@ def valid_address(address: str) -> bool:
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in address):
         return False
     local, at, domain = address.rpartition("@")
-    return not at or bool(local and domain and "@" not in domain)
+    if "@" in local and not local.startswith('"'):
+        return False  # only a quoted local part may hold an "@"
+    return not at or bool(local and domain)
 
 
 def received_header(
