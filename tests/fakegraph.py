@@ -58,7 +58,6 @@ import argparse
 import base64
 import binascii
 import contextlib
-import email
 import hashlib
 import json
 import os
@@ -73,6 +72,8 @@ import uuid
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
+from email.message import Message
+from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import formatdate, getaddresses
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -143,6 +144,13 @@ class Received:
     sha256: str
     message_id: str | None
     subject: str | None
+
+
+@dataclass
+class _Parsed:
+    mime: bytes
+    headers: Message
+    recipients: list[str]
 
 
 @dataclass
@@ -476,12 +484,12 @@ class _Handler(BaseHTTPRequestHandler):
                 fake._stopping.wait(fake.latency)
             if fault is not None:
                 return self._fault(fault, request_id, json_error=False)
-            status, code, message = fake._check_send(mailbox, self.headers, body)
-            if status != 202:
+            status, code, message, parsed = fake._check_send(mailbox, self.headers, body)
+            if status != 202 or parsed is None:
                 extra = {"WWW-Authenticate": 'Bearer realm=""'} if status == 401 else {}
                 self._graph_error(status, code, message, request_id, extra)
                 return status
-            fake._accept(mailbox, body, request_id)
+            fake._accept(mailbox, parsed, request_id)
             self._reply(
                 202,
                 b"",
@@ -722,10 +730,17 @@ class FakeGraph:
             self._tokens[token] = IssuedToken(now + lifetime, roles, client_id)
         return token, lifetime
 
-    def _check_send(self, mailbox: str, headers: Any, body: bytes) -> tuple[int, str, str]:
+    def _check_send(
+        self, mailbox: str, headers: Any, body: bytes
+    ) -> tuple[int, str, str, _Parsed | None]:
         # Size is checked at the front door, before authentication.
         if len(body) > MAX_BODY:
-            return 413, "RequestEntityTooLarge", "The maximum request length supported is 4MB."
+            return (
+                413,
+                "RequestEntityTooLarge",
+                "The maximum request length supported is 4MB.",
+                None,
+            )
         auth = headers.get("Authorization") or ""
         scheme, _, token = auth.partition(" ")
         with self._lock:
@@ -735,16 +750,17 @@ class FakeGraph:
                 401,
                 "InvalidAuthenticationToken",
                 "Access token has expired or is not yet valid.",
+                None,
             )
         if "Mail.Send" not in issued.roles:
-            return 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+            return 403, "ErrorAccessDenied", "Access is denied. Check credentials.", None
         if self.mailboxes is not None and mailbox.lower() not in self.mailboxes:
-            return 404, "ErrorInvalidUser", f"The requested user '{mailbox}' is invalid."
+            return 404, "ErrorInvalidUser", f"The requested user '{mailbox}' is invalid.", None
         if mailbox.lower() in self.send_as_denied:
-            return 403, "ErrorSendAsDenied", "The user account which was used to submit this "
+            return 403, "ErrorSendAsDenied", "The user cannot send as this mailbox.", None
         ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if ctype != "text/plain":
-            return 415, "UnsupportedMediaType", f"Content-Type {ctype!r} is not supported."
+            return 415, "UnsupportedMediaType", f"Content-Type {ctype!r} is not supported.", None
         try:
             # .NET's decoder ignores whitespace; anything else must be base64.
             mime = base64.b64decode(b"".join(body.split()), validate=True)
@@ -755,28 +771,27 @@ class FakeGraph:
                 400,
                 "ErrorMimeContentInvalidBase64String",
                 "Invalid base64 string for MIME content.",
+                None,
             )
-        msg = email.message_from_bytes(mime, policy=compat32)
+        msg = BytesHeaderParser(policy=compat32).parsebytes(mime)
         fields = [str(v) for h in ("to", "cc", "bcc") for v in (msg.get_all(h) or [])]
         addresses = [addr for _, addr in getaddresses(fields) if addr]
         if not addresses:
-            return 400, "ErrorInvalidRecipients", "At least one recipient is not valid."
+            return 400, "ErrorInvalidRecipients", "At least one recipient is not valid.", None
         for addr in addresses:
             local, at, domain = addr.rpartition("@")
             if not (local and at and domain and "." in domain):
-                return 400, "ErrorInvalidRecipients", f"Recipient '{addr}' is not valid."
-        return 202, "", ""
+                return 400, "ErrorInvalidRecipients", f"Recipient '{addr}' is not valid.", None
+        return 202, "", "", _Parsed(mime, msg, addresses)
 
-    def _accept(self, mailbox: str, body: bytes, request_id: str) -> None:
-        mime = base64.b64decode(b"".join(body.split()))
-        msg = email.message_from_bytes(mime, policy=compat32)
-        fields = [str(v) for h in ("to", "cc", "bcc") for v in (msg.get_all(h) or [])]
+    def _accept(self, mailbox: str, parsed: _Parsed, request_id: str) -> None:
+        mime, msg = parsed.mime, parsed.headers
         received = Received(
             mailbox=mailbox,
             mime=mime if self.keep_bodies else None,
             time=time.time(),
             request_id=request_id,
-            recipients=[addr for _, addr in getaddresses(fields) if addr],
+            recipients=parsed.recipients,
             size=len(mime),
             sha256=hashlib.sha256(mime).hexdigest(),
             message_id=msg.get("Message-ID"),
