@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +51,14 @@ class Result:
         if color:
             code = {PASS: "32", WARN: "33", FAIL: "31"}[self.status]
             tag = f"\033[{code}m{tag}\033[0m"
-        return f"{tag}  {self.name}: {self.detail}"
+        # Wrapped under the name so a long error still fits 80 columns.
+        text = textwrap.fill(
+            f"{self.name}: {self.detail}",
+            width=74,
+            break_on_hyphens=False,
+            break_long_words=True,
+        )
+        return f"{tag}  " + text.replace("\n", "\n      ")
 
 
 TokenFetcher = Callable[[Config], str]
