@@ -111,6 +111,15 @@ def deliver(ctx: Context, queue_id: str, area: str) -> Outcome:
         return Outcome.SKIPPED
     try:
         return _attempt(ctx, held)
+    except BaseException:
+        # A bug or a disk error mid-attempt: do not leave the message in
+        # active/ until the next restart's recovery.
+        if held.fd >= 0:
+            try:
+                outcome.put_back(ctx.spool, held)
+            except OSError:
+                pass  # recover() at the next start puts it back
+        raise
     finally:
         held.release()
 

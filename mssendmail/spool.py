@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import stat
 import time
 
@@ -74,7 +73,9 @@ TEMP_PREFIX = "tmp."
 def new_id(now: float | None = None) -> str:
     """A queue id: 8 hex digits of Unix time, so ids sort by submission, then 10 random."""
     seconds = int(time.time() if now is None else now)
-    return f"{seconds:08x}{secrets.token_hex(5)}"
+    # os.urandom is what secrets.token_hex uses; importing secrets (hmac,
+    # random, base64) cost submission ~3.5 ms of its ~18 ms budget.
+    return f"{seconds:08x}{os.urandom(5).hex()}"
 
 
 def is_id(name: str) -> bool:
@@ -114,7 +115,8 @@ def syncfs(fd: int) -> None:
 def write_atomic(path: str, data: bytes, mode: int = 0o640) -> None:
     """Write a small file by temp + fsync + rename + directory fsync."""
     directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{os.getpid()}")
+    # Unique per call: threads of one worker may write the same file at once.
+    tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)

@@ -60,6 +60,7 @@ PICKUP_BATCH = 500
 HEARTBEAT_FILE = "heartbeat.json"
 FLUSH_MIN_INTERVAL = 60.0
 SWEEP_INTERVAL = 600.0
+RECOVER_SECONDS = 60.0
 
 
 class Worker:
@@ -81,6 +82,7 @@ class Worker:
         self.fifo_keep = -1
         self.last_flush = 0.0
         self.last_sweep = 0.0
+        self.last_recover = 0.0
         self.outcomes: dict[Outcome, int] = {o: 0 for o in Outcome}
         self.network_failures = 0
 
@@ -217,11 +219,13 @@ class Worker:
 
     def run_service(self) -> int:
         self.open_trigger()
-        recover(self.spool)
         while not self.stopping.is_set():
             now = self.ctx.now()
             self.heartbeat(now)
             self.sweep(now)
+            if now - self.last_recover >= RECOVER_SECONDS:
+                self.last_recover = now
+                recover(self.spool)  # claims of a --once run that was killed
             busy = self.step()
             full = len(self.inflight) >= self.concurrency
             if self.wait(RESCAN_SECONDS if (full or not busy) else 0.0):
