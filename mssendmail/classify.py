@@ -68,7 +68,8 @@ HINTS: dict[str, str] = {
     "ErrorInvalidRecipients": "fix the recipient addresses",
     "ErrorMimeContentInvalidBase64String": "Graph could not decode the message; report a bug",
     "ErrorMessageSizeExceeded": "the message is larger than the mailbox allows",
-    "ErrorSendAsDenied": "allow the app to send as this mailbox or list it in ALLOWED_FROM",
+    "ErrorSendAsDenied": "the app may not send as this mailbox; remove it from ALLOWED_FROM "
+    "or allow the app to use it",
     "ErrorAccessDenied": "grant the app Mail.Send (application) with admin consent, and "
     "check any ApplicationAccessPolicy",
     "MailboxNotEnabledForRESTAPI": "the sender needs an Exchange Online mailbox with a licence",

@@ -399,3 +399,73 @@ def test_token_claims_of_opaque_tokens() -> None:
     assert token_claims("opaque") == {}
     assert token_claims("a.!!!.c") == {}
     assert token_claims("a.W10.c") == {}  # payload "[]" is not an object
+
+
+def test_debug_logs_never_show_secret_or_token(
+    fake: FakeGraph, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    tokens = provider(fake, None)
+    token = tokens.token()
+    tokens.token(force_refresh=True, rejected=token)
+    with pytest.raises(ConfigurationFailure):
+        provider(fake, None, CLIENT_SECRET="wrong-secret-4711").token()
+    text = caplog.text
+    assert "obtained a Graph token" in text  # the capture works
+    for secret in (fake.secret, "wrong-secret-4711", token, token.split(".")[2]):
+        assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("values", "authority", "graph", "scope"),
+    [
+        ({}, "https://login.microsoftonline.com", "https://graph.microsoft.com", None),
+        (
+            {"CLOUD": "usgov"},
+            "https://login.microsoftonline.us",
+            "https://graph.microsoft.us",
+            "https://graph.microsoft.us/.default",
+        ),
+        (
+            {"CLOUD": "DoD"},
+            "https://login.microsoftonline.us",
+            "https://dod-graph.microsoft.us",
+            "https://dod-graph.microsoft.us/.default",
+        ),
+        (
+            {"CLOUD": "china"},
+            "https://login.chinacloudapi.cn",
+            "https://microsoftgraph.chinacloudapi.cn",
+            None,
+        ),
+        (
+            {"AUTHORITY_HOST": "login.example.test/", "GRAPH_URL": "https://127.0.0.1:8443/"},
+            "https://login.example.test",
+            "https://127.0.0.1:8443",
+            "https://graph.microsoft.com/.default",  # the audience stays the cloud's
+        ),
+    ],
+)
+def test_clouds(values: dict[str, str], authority: str, graph: str, scope: str | None) -> None:
+    ends = endpoints(Config(values))
+    assert (ends.authority_host, ends.graph_url) == (authority, graph)
+    if scope:
+        assert ends.scope == scope
+    known = "example.test" not in authority
+    assert ends.instance_discovery is (None if known else False)
+    assert ends.authority("t1") == f"{authority}/t1"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"CLOUD": "mars"},
+        {"AUTHORITY_HOST": "http://login.example.test"},
+        {"GRAPH_URL": "http://127.0.0.1:80"},
+        {"GRAPH_URL": "https://user:pw@graph.example.test"},
+        {"GRAPH_URL": "https://graph.example.test/?x=1"},
+    ],
+)
+def test_bad_cloud_settings(values: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(values))):
+        endpoints(Config(values))
