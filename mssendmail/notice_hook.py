@@ -24,11 +24,11 @@ def notifier(cfg: Config, spool: Spool) -> Notifier | None:
     def notify(
         message: bytes, envelope: dict[str, Any], queue_id: str, reason: dict[str, Any]
     ) -> None:
-        from mssendmail import notice
+        from mssendmail.notice import build_notice, is_notice
 
-        if notice.is_notice(message):
+        if is_notice(message):
             return
-        body = notice.build_notice(message, queue_id, reason, cfg)
+        body = build_notice(message, queue_id, reason, cfg)
         with Submission(spool, cfg.max_message_size) as sub:
             sub.write(body)
             sub.commit(make_envelope("", [address], source="notice"))

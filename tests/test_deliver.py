@@ -215,3 +215,27 @@ def test_claimed_elsewhere_is_skipped(spool: Spool) -> None:
     assert deliver(make_ctx(spool, Scripted(), Clock()), qid, QUEUE) is Outcome.SKIPPED
     assert held is not None
     held.release()
+
+
+def test_dead_letter_notice_is_queued_once_and_never_for_a_notice(spool: Spool) -> None:
+    from mssendmail.notice_hook import notifier
+    from mssendmail.record import read_message, verify
+
+    clock = Clock()
+    ctx = make_ctx(spool, None, clock, DEAD_LETTER_NOTIFY="postmaster@example.com")
+    ctx.notify = notifier(ctx.cfg, spool)
+    err = PermanentFailure("denied", status=403, code="ErrorSendAsDenied")
+    ctx.transport = Scripted(err)
+    qid = queue_one(spool, b"Subject: original\nTo: a@example.com\n\nsecret body\n")
+    assert deliver(ctx, qid, QUEUE) is Outcome.DEAD
+    [notice_id] = pickup(spool, 1 << 20)
+    with open(spool.path(QUEUE, notice_id), "rb") as fh:
+        envelope, n = verify(fh)
+        notice = read_message(fh, n)
+    assert envelope["recipients"] == ["postmaster@example.com"]
+    assert b"ErrorSendAsDenied" in notice and b"Subject: original" in notice
+    assert b"secret body" not in notice
+    # the notice itself fails permanently: no notice about the notice
+    ctx.transport = Scripted(PermanentFailure("denied", status=403, code="ErrorSendAsDenied"))
+    assert deliver(ctx, notice_id, QUEUE) is Outcome.DEAD
+    assert pickup(spool, 1 << 20) == []
