@@ -229,11 +229,10 @@ def _stream(
 
 
 def run_bs(cfg: Config) -> int:
-    """-bs: SMTP on stdin/stdout. The SMTP helper's mssendmail/bs.py plugs in here."""
-    raise UsageError(
-        "-bs (SMTP on standard input) is not available yet; "
-        "call mssendmail -t -i with the message on stdin, or use mssendmail-smtpd"
-    )
+    """-bs: SMTP on stdin/stdout (mssendmail/bs.py); aiosmtpd is imported only on this path."""
+    from mssendmail.bs import main_bs
+
+    return main_bs(cfg)
 
 
 def list_queue(spool: Spool) -> int:
