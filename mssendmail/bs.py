@@ -30,7 +30,9 @@ SECURITY
 
 EXIT STATUS
     0 after QUIT or end of input (failed messages were answered with 4xx/5xx
-    replies on stdout); 78 (EX_CONFIG) if the configuration is unusable.
+    replies on stdout); 75 (EX_TEMPFAIL) when SIGTERM, SIGINT or SIGHUP ended
+    the session (one line on stderr); 78 (EX_CONFIG) if the configuration is
+    unusable.
 
 FILES
     /etc/mssendmail/.env (QUEUE_DIR, MAX_MESSAGE_SIZE)
@@ -41,18 +43,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
 
 from mssendmail.config import Config
-from mssendmail.errors import EX_OK, MssendmailError, exit_code
+from mssendmail.errors import EX_OK, EX_TEMPFAIL, MssendmailError, exit_code
 from mssendmail.smtp import QueueHandler, Server, local_hostname
 from mssendmail.spool import Spool
 
 CHUNK = 64 * 1024
 # After QUIT, how long we wait for a client that does not read its 221.
 FLUSH_TIMEOUT = 30.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def main_bs(cfg: Config, stdin_fd: int = 0, stdout_fd: int = 1) -> int:
@@ -67,21 +71,44 @@ def main_bs(cfg: Config, stdin_fd: int = 0, stdout_fd: int = 1) -> int:
         _write_all(stdout_fd, f"421 4.3.0 mssendmail: {exc}\r\n".encode(errors="replace"))
         print(f"mssendmail: {exc}", file=sys.stderr)
         return exit_code(exc)
-    asyncio.run(serve(handler, stdin_fd, stdout_fd))
+    # A vanished client is an EPIPE for the output thread, which ends the session.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signum = asyncio.run(serve(handler, stdin_fd, stdout_fd))
+    if signum is not None:
+        name = signal.Signals(signum).name
+        print(
+            f"mssendmail: -bs session ended by {name}; messages not yet answered "
+            "with 250 were not queued, send them again",
+            file=sys.stderr,
+        )
+        return EX_TEMPFAIL
     return EX_OK
 
 
-async def serve(handler: QueueHandler, stdin_fd: int, stdout_fd: int) -> None:
-    """Run the SMTP session until QUIT, end of input or the idle timeout."""
+async def serve(handler: QueueHandler, stdin_fd: int, stdout_fd: int) -> int | None:
+    """Run the SMTP session until QUIT, end of input, the idle timeout or a signal.
+
+    Returns the number of the signal that ended it, if one did.
+    """
     loop = asyncio.get_running_loop()
     ours, theirs = socket.socketpair()
     finished = loop.create_future()
+    stopped_by: list[int] = []
 
     def closed() -> None:
         if not finished.done():
             finished.set_result(None)
 
     server = Server(handler, client_label=f"uid {os.getuid()}", on_close=closed, loop=loop)
+
+    def on_signal(signum: int) -> None:
+        stopped_by.append(signum)
+        if isinstance(server.transport, asyncio.WriteTransport):
+            server.transport.abort()  # a message being written still finishes or is removed
+        closed()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
     reader = threading.Thread(target=_pump_in, args=(stdin_fd, theirs), daemon=True)
     writer = threading.Thread(target=_pump_out, args=(theirs, stdout_fd), daemon=True)
     reader.start()
@@ -89,8 +116,10 @@ async def serve(handler: QueueHandler, stdin_fd: int, stdout_fd: int) -> None:
     await loop.connect_accepted_socket(lambda: server, ours)
     await finished
     # Our end is closed, so the writer sees EOF once every reply is on stdout.
-    await asyncio.to_thread(writer.join, FLUSH_TIMEOUT)
+    if not stopped_by:
+        await asyncio.to_thread(writer.join, FLUSH_TIMEOUT)
     theirs.close()
+    return stopped_by[0] if stopped_by else None
 
 
 def _pump_in(fd: int, sock: socket.socket) -> None:

@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from mssendmail.record import read_message, verify
@@ -22,8 +23,7 @@ from mssendmail.spool import MAILDROP, Spool
 
 def bs_argv() -> list[str]:
     """The installed ``mssendmail -bs``, the way Symfony starts it."""
-    # TEMPORARY until sendmail.py's -bs branch calls main_bs.
-    return [sys.executable, "-m", "mssendmail.bs"]
+    return [str(Path(sys.executable).with_name("mssendmail")), "-bs"]
 
 
 QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9a-f]{18})$")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,3 +222,17 @@ def test_whole_session_from_a_regular_file(tmp_path: Path, spool: Spool) -> None
     assert [r[:3] for r in replies[:-1]] == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]
     _, message = read_record(spool, queued_id(replies[5]))
     assert split_received(message)[1] == b"Subject: from a file\r\n\r\n.x\r\n"
+
+
+def test_sigterm_ends_the_session_with_75_and_one_line(bs: BsProcess, spool: Spool) -> None:
+    bs.wire.reply()
+    bs.wire.expect("HELO x", 250)
+    bs.wire.expect("MAIL FROM:<a@example.org>", 250)
+    bs.wire.expect("RCPT TO:<b@example.org>", 250)
+    bs.wire.expect("DATA", 354)
+    bs.wire.send(b"Subject: unfinished\r\n\r\n")
+    bs.proc.send_signal(signal.SIGTERM)
+    rc, _, err = bs.finish()
+    assert rc == 75
+    assert err.count(b"\n") == 1 and b"ended by SIGTERM" in err
+    assert maildrop_names(spool) == []

@@ -467,7 +467,7 @@ def test_same_bytes_reach_the_transport_each_way(
     subprocess.run(
         [str(bin_dir / "mssendmail-worker"), "--once", "--config", str(config_file)],
         check=True,
-        timeout=60,
+        timeout=30,
     )
     outbox = tmp_path / "outbox"
     delivered = sorted(p.read_bytes() for p in outbox.glob("*.eml"))
