@@ -365,7 +365,19 @@ def next_text(row: Row, now: float) -> str:
 def shorten(text: str, width: int) -> str:
     if len(text) <= width:
         return text
-    return text[: max(0, width - 1)] + "…"
+    return text[: max(0, width - 3)] + "..."
+
+
+def wrap(first: str, text: str, indent: int, width: int = WIDTH) -> list[str]:
+    """`first` followed by text, wrapped to width with continuation lines indented."""
+    import textwrap
+
+    return textwrap.wrap(
+        first + text,
+        width=width,
+        subsequent_indent=" " * indent,
+        break_on_hyphens=False,
+    ) or [first.rstrip()]
 
 
 def recipients_text(recipients: list[str], width: int) -> str:

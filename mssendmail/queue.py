@@ -253,8 +253,8 @@ def cmd_show(spool: Spool, args: argparse.Namespace) -> int:
     lines.append(f"attempts:   {row.attempts}")
     if row.damaged or damage:
         lines.append(f"DAMAGED:    {listing.shorten(row.damaged or damage or '', 68)}")
-    if row.error:
-        lines.append(listing.shorten(f"last error: {row.error_code or ''} {row.error}", 80))
+    if row.error and not reason:
+        lines.extend(listing.wrap("last error: ", f"{row.error_code or '-'}: {row.error}", 12))
     if reason:
         lines.append("dead letter:")
         for key in ("time", "why", "class", "status", "code", "attempts", "request_id", "message"):
@@ -264,15 +264,14 @@ def cmd_show(spool: Spool, args: argparse.Namespace) -> int:
             text = (
                 listing.human_time(value) if key == "time" and isinstance(value, float) else value
             )
-            lines.append(listing.shorten(f"  {key + ':':<12}{listing.printable(text)}", 80))
+            lines.extend(listing.wrap(f"  {key + ':':<12}", listing.printable(text), 14))
     if history:
         lines.append("history:")
         for item in history:
             when = item.get("time")
             stamp = listing.human_time(when) if isinstance(when, (int, float)) else "?"
-            text = f"  {stamp}  {listing.printable(item.get('event', '?'), 12):<9} "
-            text += listing.printable(item.get("detail", ""))
-            lines.append(listing.shorten(text, 80))
+            first = f"  {stamp}  {listing.printable(item.get('event', '?'), 12):<9} "
+            lines.extend(listing.wrap(first, listing.printable(item.get("detail", "")), 26))
     if headers:
         lines.append("headers:")
         lines.extend(listing.shorten(f"  {n}: {v}", 80) for n, v in headers)
@@ -427,7 +426,7 @@ def wait_for(spool: Spool, queue_id: str, timeout: float) -> int:
         if meta.attempts(state) > reported:
             reported = meta.attempts(state)
             code, message = listing.error_fields(state.get("last_error"))
-            print(listing.shorten(f"attempt {reported} failed, will retry: {message} ({code})", 80))
+            out(listing.wrap(f"attempt {reported} failed, will retry: ", f"{message} ({code})", 2))
         if time.monotonic() >= deadline:
             where = {MAILDROP: "waiting for pickup (is the worker running?)"}.get(area or "", area)
             print(f"still {where} after {int(timeout)}s; see 'mssendmail-queue show {queue_id}'")
@@ -484,6 +483,10 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # Spool data is any Unicode; an ASCII-only terminal gets '?', not a traceback.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     args = build_parser().parse_args(argv)
     try:
         return dispatch(args)

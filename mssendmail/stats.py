@@ -150,7 +150,7 @@ def _last_failure(spool: Spool, stats: Stats) -> None:
 
 def render(stats: Stats, now: float | None = None) -> list[str]:
     """The human view, within 80 columns."""
-    from mssendmail.listing import human_delta, human_time, shorten
+    from mssendmail.listing import human_delta, human_time, wrap
 
     now = time.time() if now is None else now
     counts = stats.counts
@@ -179,10 +179,10 @@ def render(stats: Stats, now: float | None = None) -> list[str]:
         lines.append(
             f"last failure:  {human_time(stats.last_failure)} ({ago} ago) {stats.last_failure_id}"
         )
-        lines.append("  " + shorten(stats.last_failure_reason or "?", 78))
+        lines.extend(wrap("  ", stats.last_failure_reason or "?", 2))
     if stats.paused_until is not None:
-        lines.append(
-            shorten(f"PAUSED until {human_time(stats.paused_until)}: {stats.pause_reason}", 80)
+        lines.extend(
+            wrap(f"PAUSED until {human_time(stats.paused_until)}: ", stats.pause_reason or "?", 2)
         )
     if stats.heartbeat is None:
         lines.append("worker:        no heartbeat seen")
