@@ -62,6 +62,7 @@ from mssendmail.errors import (
     DeliveryError,
     TemporaryFailure,
 )
+from mssendmail.logs import kv
 
 log = logging.getLogger("mssendmail.credentials")
 
@@ -262,10 +263,13 @@ class _StateStore:
                 exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
             )
             log.warning(
-                "token cache in %s not usable (%s: %s); tokens are cached in memory only",
-                self.directory,
-                what,
-                reason,
+                kv(
+                    event="token-cache-unusable",
+                    dir=self.directory,
+                    during=what,
+                    error=reason,
+                    effect="tokens cached in memory only",
+                )
             )
 
     def _read(self, name: str) -> str | None:
@@ -301,7 +305,7 @@ class _StateStore:
             if isinstance(doc, dict) and all(isinstance(v, dict) for v in doc.values()):
                 token_cache.deserialize(text)
             else:
-                log.warning("ignoring a damaged token cache in %s", self.directory)
+                log.warning(kv(event="token-cache-damaged", dir=self.directory, effect="ignored"))
         text = self._read(HTTP_CACHE_FILE)
         if text:
             self._last_http = text.encode()
@@ -489,9 +493,7 @@ class TokenProvider:
         if result.get("token_source") != "cache":
             self.fetches += 1
             log.info(
-                "obtained a Graph token via %s (valid %ss)",
-                self.spec.kind,
-                result.get("expires_in"),
+                kv(event="token", credential=self.spec.kind, expires_in=result.get("expires_in"))
             )
         return token
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import stat
 import threading
@@ -405,13 +406,16 @@ def test_debug_logs_never_show_secret_or_token(
     fake: FakeGraph, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("DEBUG")
+    # The worker's logs.setup() stops propagation at "mssendmail"; listen there too.
+    logging.getLogger("mssendmail").addHandler(caplog.handler)
+    logging.getLogger("mssendmail").setLevel(logging.DEBUG)
     tokens = provider(fake, None)
     token = tokens.token()
     tokens.token(force_refresh=True, rejected=token)
     with pytest.raises(ConfigurationFailure):
         provider(fake, None, CLIENT_SECRET="wrong-secret-4711").token()
     text = caplog.text
-    assert "obtained a Graph token" in text  # the capture works
+    assert "event=token credential=secret" in text  # the capture works
     for secret in (fake.secret, "wrong-secret-4711", token, token.split(".")[2]):
         assert secret not in text
 
