@@ -82,6 +82,7 @@ TOKEN_TIMEOUT = (10.0, 30.0)
 LOCK_TIMEOUT = 30.0
 
 _TENANT_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9.-]{0,252}\Z")
+_GUID_RE = re.compile(r"\A[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 _CLIENT_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}\Z")
 
 
@@ -118,7 +119,15 @@ def select(cfg: Config) -> CredentialSpec:
         )
     key = chosen[0]
     if key == "MANAGED_IDENTITY":
-        return CredentialSpec(kind="managed_identity", identity=cfg.get(key))
+        identity = cfg.get(key)
+        if not (
+            identity.lower() == "system" or _GUID_RE.match(identity) or _is_resource_id(identity)
+        ):
+            raise ConfigError(
+                f"MANAGED_IDENTITY={identity!r} must be 'system', the client id (a GUID) of a "
+                "user-assigned identity, or its resource id (/subscriptions/...)"
+            )
+        return CredentialSpec(kind="managed_identity", identity=identity)
     tenant, client_id = _tenant_and_client(cfg, key)
     if key == "CLIENT_SECRET":
         return CredentialSpec(
@@ -140,6 +149,10 @@ def select(cfg: Config) -> CredentialSpec:
     except OSError as exc:
         raise ConfigError(f"cannot read FEDERATED_TOKEN_FILE {path}: {exc.strerror}") from None
     return CredentialSpec(kind="federated", tenant=tenant, client_id=client_id, token_file=path)
+
+
+def _is_resource_id(value: str) -> bool:
+    return value.lower().startswith("/subscriptions/") and "/providers/" in value.lower()
 
 
 def _tenant_and_client(cfg: Config, key: str) -> tuple[str, str]:

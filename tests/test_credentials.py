@@ -295,6 +295,12 @@ def test_managed_identity(
     assert record.scope == "https://graph.microsoft.com"  # MI takes a resource, not a scope
 
 
+@pytest.mark.parametrize("value", ["yes", "true", "1234", "subscriptions/x"])
+def test_managed_identity_value_is_checked(value: str) -> None:
+    with pytest.raises(ConfigError, match="MANAGED_IDENTITY"):
+        select(Config({"MANAGED_IDENTITY": value}))
+
+
 def test_managed_identity_builds_the_right_msal_objects() -> None:
     cfg = Config({"MANAGED_IDENTITY": "/subscriptions/s/resourcegroups/g/providers/x/y"})
     spec = select(cfg)
