@@ -55,7 +55,9 @@ def claim(spool: Spool, queue_id: str, area: str) -> Claim | None:
     if held is None:
         return None
     try:
-        spool.move(queue_id, area, ACTIVE)
+        # Not fsynced: if a crash loses this rename the message is simply
+        # still queued, and a message found in active/ is recovered anyway.
+        spool.move(queue_id, area, ACTIVE, durable=False)
     except FileNotFoundError:
         held.release()
         return None

@@ -156,6 +156,12 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
     }
     for warning in prepared.warnings:
         log.warning(kv(id=qid, warning=warning))
+    if not prepared.recipients:
+        # Every recipient was aliased away (e.g. "nobody: /dev/null"): like
+        # Postfix, that is a delivery to nowhere, not an error.
+        log.info(kv(**info, outcome="discarded", reason="no recipients after aliases"))
+        outcome.sent(spool, held, {**info, "sent": ctx.now(), "discarded": True})
+        return Outcome.SENT
     paused = ctx.gate.paused_until(prepared.mailbox)
     if paused > ctx.now():
         outcome.defer(spool, held, None, paused)
@@ -235,14 +241,16 @@ def _failed(
 ) -> Outcome:
     if isinstance(exc, ConfigurationFailure):
         return _pause_queue(ctx, held, exc)
+    attempts = meta.attempts(state) + 1
+    state["attempts"] = attempts
     if isinstance(exc, PermanentFailure):
         return _bury(ctx, held, state, envelope, exc, message)
     now = ctx.now()
-    attempts = meta.attempts(state) + 1
-    state["attempts"] = attempts
     state["last_error"] = _error_record(exc, now)
     meta.add_event(state, now, "deferred", _describe(exc))
-    age = now - float(envelope.get("queued") or envelope.get("time") or now)
+    # Requeued or released mail starts a fresh lifetime (Postfix postsuper -r).
+    started = state.get("requeued") or envelope.get("queued") or envelope.get("time") or now
+    age = now - float(started)
     limit = ctx.policy.max_attempts
     if age >= ctx.policy.max_age or (limit is not None and attempts >= limit):
         why = "too old" if age >= ctx.policy.max_age else "too many attempts"

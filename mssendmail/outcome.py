@@ -14,7 +14,7 @@ from typing import Any
 
 from mssendmail import meta
 from mssendmail.claim import Claim
-from mssendmail.spool import ACTIVE, DEAD, DEFERRED, QUEUE, Spool, fsync_dir, write_atomic
+from mssendmail.spool import ACTIVE, DEAD, DEFERRED, QUEUE, Spool, write_atomic
 
 
 def already_sent(spool: Spool, queue_id: str) -> bool:
@@ -26,9 +26,12 @@ def sent(spool: Spool, held: Claim, info: dict[str, Any]) -> None:
     """Record the delivery, then drop the message and its state."""
     if not already_sent(spool, held.queue_id):
         write_atomic(spool.sent_path(held.queue_id), json.dumps(info, sort_keys=True).encode())
+    # No directory fsync after the unlink: should a crash undo it, the
+    # message reappears in active/, and the durable sent record above makes
+    # the next attempt finish the cleanup instead of sending again.
     os.unlink(spool.path(held.area, held.queue_id))
-    fsync_dir(spool.dir(held.area))
-    meta.remove(spool, held.queue_id)
+    if meta.exists(spool, held.queue_id):
+        meta.remove(spool, held.queue_id)
     held.release()
 
 

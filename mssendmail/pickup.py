@@ -55,9 +55,9 @@ def pickup(
         names = sorted(os.listdir(spool.dir(MAILDROP)))
     except FileNotFoundError:
         return []
-    queued: list[str] = []
+    staged: list[tuple[str, str, int]] = []
     for name in names:
-        if limit is not None and len(queued) >= limit:
+        if limit is not None and len(staged) >= limit:
             break
         if name.startswith(TEMP_PREFIX):
             clean_temp(spool, name, time.time() if now is None else now)
@@ -65,12 +65,43 @@ def pickup(
             quarantine(spool, name, "name is not a queue id")
         else:
             try:
-                if ingest(spool, name, max_size):
-                    queued.append(name)
+                copy = ingest(spool, name, max_size)
             except Rejected as exc:
                 quarantine(spool, name, str(exc))
+                continue
+            if copy is not None:
+                staged.append((name, *copy))
+    queued = _commit(spool, staged)
     if queued:
+        # The copies are durable (fsync + link + directory fsync in _commit)
+        # before any original goes; a crash in between leaves duplicates
+        # that the next round drops (spool.known()).
+        for name in queued:
+            unlink_quiet(spool.path(MAILDROP, name))
         fsync_dir(spool.dir(MAILDROP))
+    return queued
+
+
+def _commit(spool: Spool, staged: list[tuple[str, str, int]]) -> list[str]:
+    """fsync every staged copy, then link it into queue/.
+
+    The copies are written first and synced afterwards so that one journal
+    commit covers the whole batch: the first fsync does the work, the rest
+    find little left to flush.
+    """
+    queued = []
+    for name, temp, fd in staged:
+        try:
+            os.fsync(fd)
+            os.link(temp, spool.path(QUEUE, name))
+            queued.append(name)
+        except FileExistsError:
+            pass  # another worker linked the same submission first
+        finally:
+            os.close(fd)
+            unlink_quiet(temp)
+    if queued:
+        fsync_dir(spool.dir(QUEUE))
     return queued
 
 
@@ -119,35 +150,38 @@ def _open_entry(path: str, max_size: int) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def ingest(spool: Spool, name: str, max_size: int) -> bool:
-    """Copy one maildrop entry into queue/; False when another worker has it."""
+def ingest(spool: Spool, name: str, max_size: int) -> tuple[str, int] | None:
+    """Copy one maildrop entry to a verified temp file in queue/: (path, open fd).
+
+    None when another worker has it. The original stays until pickup() has
+    made the copy durable; another worker that finds it meanwhile either
+    sees the copy (known()) and drops the original, or loses the link race.
+    """
     path = spool.path(MAILDROP, name)
     fd, st = _open_entry(path, max_size)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return False
+            return None
         try:
             current = os.lstat(path)
         except FileNotFoundError:
-            return False  # another worker finished it while we waited
+            return None  # another worker finished it while we waited
         if (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
-            return False
+            return None
         if spool.known(name):
-            # A crash after linking into queue/ but before the unlink below.
+            # A crash after linking into queue/ but before the original went.
             os.unlink(path)
-            return False
-        _copy_verified(spool, fd, st, name, max_size)
-        # The copy must be durable before the original goes.
-        fsync_dir(spool.dir(QUEUE))
-        os.unlink(path)
-        return True
+            return None
+        return _copy_verified(spool, fd, st, name, max_size)
     finally:
         os.close(fd)
 
 
-def _copy_verified(spool: Spool, src: int, st: os.stat_result, name: str, max_size: int) -> None:
+def _copy_verified(
+    spool: Spool, src: int, st: os.stat_result, name: str, max_size: int
+) -> tuple[str, int]:
     size = st.st_size
     if size < record.FOOTER_LEN:
         raise Rejected("too short to be a spool record")
@@ -158,7 +192,7 @@ def _copy_verified(spool: Spool, src: int, st: os.stat_result, name: str, max_si
         raise Rejected(str(exc)) from None
     if message_len > max_size:
         raise Rejected(f"message of {message_len} bytes is over MAX_MESSAGE_SIZE")
-    temp = spool.path(QUEUE, f"{TEMP_PREFIX}{name}.{os.getpid()}")
+    temp = spool.path(QUEUE, f"{TEMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}")
     out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(out, fcntl.LOCK_EX)
@@ -177,14 +211,11 @@ def _copy_verified(spool: Spool, src: int, st: os.stat_result, name: str, max_si
         if len(env_bytes) != envelope_len or check.hexdigest() != digest:
             raise Rejected("checksum mismatch: the file was changed after it was written")
         writer.finish(_trusted_envelope(env_bytes, st))
-        os.fsync(out)
-        os.link(temp, spool.path(QUEUE, name))
     except BaseException:
+        os.close(out)
         unlink_quiet(temp)
         raise
-    finally:
-        os.close(out)
-    unlink_quiet(temp)
+    return temp, out
 
 
 def _trusted_envelope(env_bytes: bytes, st: os.stat_result) -> dict[str, object]:

@@ -165,12 +165,19 @@ class Spool:
     def reason_path(self, area: str, name: str) -> str:
         return self.path(area, f"{name}.reason.json")
 
-    def move(self, queue_id: str, old: str, new: str, new_name: str | None = None) -> None:
-        """The one state transition: rename, then make both directories durable."""
+    def move(
+        self, queue_id: str, old: str, new: str, new_name: str | None = None, durable: bool = True
+    ) -> None:
+        """The one state transition: rename, then make both directories durable.
+
+        durable=False is only for moves whose loss in a crash is harmless:
+        queue/ -> active/ (a claim; recovery puts active/ back into queue/).
+        """
         os.rename(self.path(old, queue_id), self.path(new, new_name or queue_id))
-        fsync_dir(self.dir(new))
-        if old != new:
-            fsync_dir(self.dir(old))
+        if durable:
+            fsync_dir(self.dir(new))
+            if old != new:
+                fsync_dir(self.dir(old))
 
     def ids(self, area: str) -> list[str]:
         """Queue ids in an area, oldest first (ids sort by time)."""

@@ -56,7 +56,7 @@ from mssendmail.transports import from_config
 log = logging.getLogger("mssendmail.worker")
 
 RESCAN_SECONDS = 1.0
-PICKUP_BATCH = 500
+PICKUP_BATCH = 64  # small rounds keep dispatch going while a big maildrop/ drains
 HEARTBEAT_FILE = "heartbeat.json"
 FLUSH_MIN_INTERVAL = 60.0
 SWEEP_INTERVAL = 600.0
@@ -283,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         concurrency = cfg.integer("CONCURRENCY")
         if not 1 <= concurrency <= 64:
             raise ConfigError("CONCURRENCY must be between 1 and 64")
+        from mssendmail.prepare import policy_for
+
+        policy_for(cfg)  # SENDER, ALLOWED_FROM, ALIASES: fail now (78), not per message
         ctx = build_context(cfg)
         worker = Worker(ctx, concurrency, args.once)
     except MssendmailError as exc:

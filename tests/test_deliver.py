@@ -239,3 +239,34 @@ def test_dead_letter_notice_is_queued_once_and_never_for_a_notice(spool: Spool) 
     ctx.transport = Scripted(PermanentFailure("denied", status=403, code="ErrorSendAsDenied"))
     assert deliver(ctx, notice_id, QUEUE) is Outcome.DEAD
     assert pickup(spool, 1 << 20) == []
+
+
+def test_requeued_mail_gets_a_fresh_lifetime(spool: Spool) -> None:
+    clock = Clock()
+    qid = queue_one(spool)
+    clock.t = T0 + 6 * 86400
+    meta.write(spool, qid, {"requeued": clock.t - 60, "attempts": 0})
+    err = TemporaryFailure("down", status=503)
+    assert deliver(make_ctx(spool, Scripted(err), clock), qid, QUEUE) is Outcome.DEFERRED
+
+
+def test_permanent_failure_counts_the_attempt(spool: Spool) -> None:
+    qid = queue_one(spool)
+    err = PermanentFailure("bad", status=400, code="ErrorInvalidRecipients")
+    deliver(make_ctx(spool, Scripted(err), Clock()), qid, QUEUE)
+    reason = json.loads(Path(spool.reason_path(DEAD, qid)).read_text())
+    assert reason["attempts"] == 1
+
+
+def test_all_recipients_aliased_away_is_discarded_not_sent(spool: Spool, tmp_path: Path) -> None:
+    aliases = tmp_path / "aliases"
+    aliases.write_text("nobody: /dev/null\n")
+    transport = Scripted()
+    with Submission(spool, 1 << 20) as sub:
+        sub.write(b"Subject: x\n\nbody\n")
+        qid = sub.commit(make_envelope("", ["nobody"]))
+    pickup(spool, 1 << 20)
+    ctx = make_ctx(spool, transport, Clock(), ALIASES=str(aliases))
+    assert deliver(ctx, qid, QUEUE) is Outcome.SENT
+    assert transport.sent == []
+    assert json.loads(Path(spool.sent_path(qid)).read_text())["discarded"] is True

@@ -54,18 +54,23 @@ def test_once_delivers_everything_due_and_exits_0(spool: Spool, config_file: Pat
 
 def test_once_with_unusable_config_exits_78(spool: Spool, tmp_path: Path) -> None:
     bad = tmp_path / "bad.env"
-    bad.write_text(f"QUEUE_DIR={spool.root}\nTRANSPORT=carrier-pigeon\n")
+    bad.write_text(f"QUEUE_DIR={spool.root}\nSENDER=r@example.com\nTRANSPORT=carrier-pigeon\n")
     result = run_worker(bad, "--once")
     assert result.returncode == 78
     assert result.stderr.count("\n") == 1 and "TRANSPORT" in result.stderr
 
 
-def test_once_with_missing_sender_pauses_and_exits_75(spool: Spool, tmp_path: Path) -> None:
+def test_once_with_missing_sender_exits_78_and_keeps_mail(spool: Spool, tmp_path: Path) -> None:
     cfg = tmp_path / "nosender.env"
     cfg.write_text(f"QUEUE_DIR={spool.root}\nTRANSPORT=file\nOUTBOX_DIR={tmp_path}/out\n")
     ids = submit(spool, 2)
     result = run_worker(cfg, "--once")
-    assert result.returncode == 75, result.stderr
+    assert result.returncode == 78, result.stderr
+    assert "SENDER" in result.stderr and result.stderr.count("\n") == 1
+    assert spool.ids(QUEUE) == []  # not even picked up
+    from mssendmail.pickup import pickup
+
+    pickup(spool, 1 << 20)
     assert sorted(spool.ids(QUEUE)) == sorted(ids)
     assert spool.ids(DEAD) == []
 
