@@ -10,9 +10,10 @@ Messages whose base64 form exceeds 4 MiB cannot go through sendMail; they
 take ``_send_large`` (until the upload-session path lands it raises
 PermanentFailure so the worker dead-letters them with that reason).
 
-Timeouts: connect 10 s; the read timeout is the rest of GRAPH_TIMEOUT
-(default 120 s), so a Graph that accepts the connection and then never
-answers costs at most GRAPH_TIMEOUT. One keep-alive requests.Session is
+Timeouts: connect 10 s, and GRAPH_TIMEOUT (default 120 s) for the whole
+request: connect, upload and the wait for the answer share that budget, so
+a Graph that accepts the connection and never answers costs at most
+GRAPH_TIMEOUT. (Each upload write may also stall at most 10 s.) One keep-alive requests.Session is
 shared by all worker threads (its connection pool is thread-safe; cookies,
 the one shared mutable part, are refused).
 
@@ -33,6 +34,7 @@ from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.util import Timeout
 
 from mssendmail.classify import classify_http, network_error
 from mssendmail.clouds import endpoints
@@ -69,8 +71,9 @@ class GraphTransport:
     ) -> None:
         self.tokens = tokens
         self.graph_url = graph_url.rstrip("/")
-        connect = min(CONNECT_TIMEOUT, timeout / 2)
-        self.timeout = (connect, max(timeout - connect, 0.1))
+        # urllib3's total budget covers connect, upload and the wait for the
+        # answer (each later step gets what is left), unlike requests' tuple.
+        self.timeout = Timeout(connect=min(CONNECT_TIMEOUT, timeout / 2), total=timeout)
         self.session = requests.Session()
         self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         # No automatic retries: a POST that may have reached Graph must not be
@@ -132,7 +135,11 @@ class GraphTransport:
         }
         try:
             return self.session.post(
-                url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+                url,
+                data=body,
+                headers=headers,
+                timeout=self.timeout,  # type: ignore[arg-type]  # requests passes it to urllib3
+                allow_redirects=False,
             )
         except requests.RequestException as exc:
             raise network_error("cannot reach Graph", exc) from None

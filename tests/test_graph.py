@@ -220,12 +220,12 @@ def test_empty_mailbox_is_a_configuration_failure(graph: GraphTransport) -> None
         graph.send("", MIME, "q1")
 
 
-def test_timeouts_split_connect_and_read() -> None:
+def test_timeouts_connect_and_total() -> None:
     t = GraphTransport(StubTokens(), GRAPH)
-    assert t.timeout == (10.0, 110.0)
+    assert (t.timeout.connect_timeout, t.timeout.total) == (10.0, 120.0)
     t.close()
     t = GraphTransport(StubTokens(), GRAPH, timeout=3)
-    assert t.timeout == (1.5, 1.5)
+    assert (t.timeout.connect_timeout, t.timeout.total) == (1.5, 3)
     t.close()
 
 
@@ -298,7 +298,7 @@ def test_live_faults(fake: FakeGraph, live: GraphTransport) -> None:
     started = time.monotonic()
     with pytest.raises(TemporaryFailure):
         live.send(MAILBOX, MIME, "q3")
-    assert time.monotonic() - started < 5  # GRAPH_TIMEOUT=2s bounds a hung request
+    assert 1.8 < time.monotonic() - started < 5  # GRAPH_TIMEOUT=2s bounds a hung request
     assert live.send(MAILBOX, MIME, "q4").status == 202
     assert len(fake.messages) == 1
 
