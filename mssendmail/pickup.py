@@ -220,13 +220,7 @@ def _copy_verified(
 
 def _trusted_envelope(env_bytes: bytes, st: os.stat_result) -> dict[str, object]:
     try:
-        envelope = json.loads(env_bytes)
-    except ValueError:
-        raise Rejected("envelope is not valid JSON") from None
-    if not isinstance(envelope, dict):
-        raise Rejected("envelope is not a JSON object")
-    try:
-        record.validate_envelope(envelope)
+        envelope = record.parse_envelope(env_bytes)
     except record.CorruptRecord as exc:
         raise Rejected(str(exc)) from None
     # The file's owner is the submitter, whatever the envelope claims.
