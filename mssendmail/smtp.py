@@ -56,6 +56,7 @@ MAX_RECIPIENTS = 1000
 # come; an SMTP client must not fail where the same message piped in works.
 LINE_LIMIT = 1024 * 1024
 MAX_ADDRESS = 320
+MAX_AUTH_FAILURES = 3
 
 _STATUS = re.compile(r"([245])(\d\d)([ -])(?!\d\.\d{1,3}\.\d{1,3}(?: |$))")
 # Enhanced codes (RFC 3463) for the replies aiosmtpd sends without one.
@@ -256,6 +257,7 @@ class Server(SMTP):
         self.client_label = client_label
         self.on_close = on_close
         self._plain_replies = False
+        self._auth_failures = 0
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
@@ -305,6 +307,13 @@ class Server(SMTP):
             await self.push("502 5.5.1 AUTH is not available here")
             return
         await super().smtp_AUTH(arg)
+        if self.session is not None and not self.session.authenticated:
+            self._auth_failures += 1
+            if self._auth_failures >= MAX_AUTH_FAILURES:
+                # Guessing passwords costs a new connection every few tries.
+                await self.push("421 4.7.0 Too many failed AUTH attempts; closing")
+                if self.transport is not None:
+                    self.transport.close()
 
     async def _bad_address(self, arg: str | None, keyword: str, *, null_ok: bool) -> bool:
         """Answer 501 for an address aiosmtpd cannot parse or we will not queue."""

@@ -482,3 +482,19 @@ def test_same_bytes_reach_the_transport_each_way(
     plain = [without_received(m) for m in delivered]
     assert plain[0] == plain[1] == plain[2]
     assert sum(m.count(b"Received: from ") for m in delivered) == 2
+
+
+def test_third_failed_auth_closes_the_session(spool: Spool, users_file: Path) -> None:
+    env = {"QUEUE_DIR": spool.root, "SMTPD_USERS_FILE": str(users_file)}
+    daemon = smtpd.Daemon(smtpd.settings(load(environ=env), []))
+    wrong = base64.b64encode(b"\0alice\0wrong").decode()
+    with serving(daemon.factory(loopback=True)) as address, connect(address) as w:
+        w.reply()
+        w.expect("EHLO client", 250)
+        w.expect(f"AUTH PLAIN {wrong}", 535)
+        w.expect(f"AUTH PLAIN {wrong}", 535)
+        w.line(f"AUTH PLAIN {wrong}")
+        assert w.reply()[0] == 535
+        code, lines = w.reply()
+        assert code == 421 and lines[0].startswith(b"421 4.7.0 ")
+        assert w.reader.readline() == b""
