@@ -61,10 +61,12 @@ SCRIPTS=(mssendmail mssendmail-worker mssendmail-queue mssendmail-smtpd)
 MTA_LINKS=(/usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq)
 UNITS=(mssendmail-worker.service mssendmail-worker-once.service mssendmail-worker.timer
 	mssendmail-worker.path)
+OPTIONAL_UNITS=(mssendmail-smtpd.service mssendmail-smtpd.socket) # installed, never enabled
 USER_NAME=mssendmail
 ALT_NAME=sendmail
 ALT_PRIORITY=50
 BACKUP_SUFFIX=.pre-mssendmail
+PY_OK='import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))'
 
 FORCE=0
 SYSTEMD=1
@@ -123,6 +125,7 @@ parse_args() {
 		shift
 	done
 	case $MODE in service | timer) ;; *) die 64 "--mode must be service or timer" ;; esac
+	[ "$(id -u)" = 0 ] || die 77 "must run as root; try: sudo $0"
 	if [ -n "$ROOT" ]; then
 		mkdir -p "$ROOT"
 		ROOT=$(cd "$ROOT" && pwd)
@@ -140,11 +143,21 @@ parse_args() {
 }
 
 preflight() {
-	[ "$(id -u)" = 0 ] || die 77 "must run as root; try: sudo $0"
-	PYTHON=${PYTHON:-python3}
-	command -v "$PYTHON" >/dev/null || die 69 "$PYTHON not found; install Python 3.11 or newer (apt-get install python3 python3-venv)"
-	"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
-		die 69 "$("$PYTHON" -V 2>&1) is too old; mssendmail needs Python 3.11 or newer"
+	if [ -z "${PYTHON:-}" ]; then
+		# The system's Python first: one under /root (pyenv, uv) or a home
+		# directory cannot be run by the users who submit mail.
+		local candidate
+		for candidate in /usr/bin/python3 "$(command -v python3 || true)"; do
+			if [ -x "$candidate" ] && "$candidate" -c "$PY_OK" 2>/dev/null; then
+				PYTHON=$candidate
+				break
+			fi
+		done
+		[ -n "${PYTHON:-}" ] || die 69 "no Python 3.11 or newer with venv found; apt-get install python3 python3-venv, or set PYTHON=/path/to/python3"
+	fi
+	command -v "$PYTHON" >/dev/null || die 69 "PYTHON=$PYTHON not found"
+	"$PYTHON" -c "$PY_OK" ||
+		die 69 "$("$PYTHON" -V 2>&1) at $PYTHON is too old or lacks venv; mssendmail needs Python 3.11 or newer (apt-get install python3-venv)"
 	[ -e "$SOURCE" ] || die 64 "SOURCE $SOURCE does not exist; give a checkout directory or a wheel"
 }
 
@@ -164,13 +177,25 @@ create_user() {
 	say "created system user and group $USER_NAME"
 }
 
+usable_by_everyone() { # can an unprivileged user start the venv's Python?
+	command -v setpriv >/dev/null || return 0 # cannot tell; assume yes
+	setpriv --reuid=nobody --regid="$(id -gn nobody 2>/dev/null || echo 65534)" --clear-groups \
+		env -i "$VENV/bin/python" -c pass 2>/dev/null
+}
+
 install_venv() {
+	if [ -x "$VENV/bin/python" ] && ! usable_by_everyone; then
+		say "removing $VENV: its Python ($(readlink -f "$VENV/bin/python")) cannot be run by other users"
+		rm -rf "$VENV"
+	fi
 	if [ ! -x "$VENV/bin/python" ]; then
 		mkdir -p "$PREFIX"
 		"$PYTHON" -m venv "$VENV" ||
 			die 69 "cannot create a venv in $VENV; on Debian: apt-get install python3-venv"
-		say "created venv $VENV"
+		say "created venv $VENV with $PYTHON"
 	fi
+	usable_by_everyone ||
+		die 69 "$VENV/bin/python -> $(readlink -f "$VENV/bin/python") cannot be run by other users, so they could not submit mail; rerun with PYTHON=/usr/bin/python3"
 	# Reinstall the package itself every time (an upgrade may keep the version
 	# number); its dependencies only when missing or too old.
 	"$VENV/bin/pip" install --quiet --disable-pip-version-check "$SOURCE" ||
@@ -316,8 +341,10 @@ systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
 
 install_units() {
 	mkdir -p "$UNITDIR"
-	local unit
-	for unit in "${UNITS[@]}"; do
+	local unit installed=()
+	for unit in "${UNITS[@]}" "${OPTIONAL_UNITS[@]}"; do
+		[ -e "$UTIL_DIR/$unit" ] || continue
+		installed+=("$unit")
 		# Rewrite the default paths to where this install put things.
 		sed -e "s#/usr/local/bin/#$BINDIR/#g" \
 			-e "s#/opt/mssendmail/#$PREFIX/#g" \
@@ -327,7 +354,7 @@ install_units() {
 		chmod 0644 "$UNITDIR/$unit.tmp"
 		mv "$UNITDIR/$unit.tmp" "$UNITDIR/$unit"
 	done
-	say "installed ${UNITS[*]} into $UNITDIR"
+	say "installed ${installed[*]} into $UNITDIR"
 	local enable=(mssendmail-worker.service) disable=(mssendmail-worker.timer mssendmail-worker.path)
 	if [ "$MODE" = timer ]; then
 		enable=(mssendmail-worker.timer mssendmail-worker.path)

@@ -29,7 +29,7 @@ PROG=uninstall.sh
 SCRIPTS=(mssendmail mssendmail-worker mssendmail-queue mssendmail-smtpd)
 MTA_LINKS=(/usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq)
 UNITS=(mssendmail-worker.service mssendmail-worker-once.service mssendmail-worker.timer
-	mssendmail-worker.path)
+	mssendmail-worker.path mssendmail-smtpd.service mssendmail-smtpd.socket)
 USER_NAME=mssendmail
 ALT_NAME=sendmail
 BACKUP_SUFFIX=.pre-mssendmail
@@ -70,6 +70,7 @@ parse_args() {
 		esac
 		shift
 	done
+	[ "$(id -u)" = 0 ] || die 77 "must run as root; try: sudo $0"
 	if [ -n "$ROOT" ]; then
 		[ -d "$ROOT" ] || die 64 "--root $ROOT is not a directory"
 		ROOT=$(cd "$ROOT" && pwd)
@@ -182,7 +183,6 @@ purge_or_keep() {
 
 main() {
 	parse_args "$@"
-	[ "$(id -u)" = 0 ] || die 77 "must run as root; try: sudo $0"
 	remove_units
 	restore_mta
 	remove_program
