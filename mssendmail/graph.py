@@ -7,8 +7,8 @@ have been revoked or have expired in flight). Everything else that is not
 202 is classified by mssendmail.classify into the delivery error classes.
 
 Messages whose base64 form exceeds 4 MiB cannot go through sendMail; they
-take ``_send_large`` (until the upload-session path lands it raises
-PermanentFailure so the worker dead-letters them with that reason).
+take ``_send_large``: a draft, attachments and upload sessions, then send
+(mssendmail.large; needs Mail.ReadWrite).
 
 Timeouts: connect 10 s, and GRAPH_TIMEOUT (default 120 s) for the whole
 request: connect, upload and the wait for the answer share that budget, so
@@ -39,14 +39,13 @@ from urllib3.util import Timeout
 from mssendmail.classify import classify_http, network_error
 from mssendmail.clouds import endpoints
 from mssendmail.config import Config
-from mssendmail.errors import ConfigurationFailure, PermanentFailure
+from mssendmail.errors import ConfigurationFailure
 from mssendmail.transports import Delivered
 
 # Graph refuses request bodies over 4 MB (413); the base64 body is what counts.
 MAX_SENDMAIL_BODY = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 DEFAULT_TIMEOUT = 120.0
-LARGE_NOT_AVAILABLE = "message too large for sendMail; the large-message path is not available yet"
 
 
 class Tokens(Protocol):
@@ -125,7 +124,9 @@ class GraphTransport:
 
     def _send_large(self, mailbox: str, mime: bytes, queue_id: str) -> Delivered:
         """The single branch point for the upload-session path (draft + attachments + send)."""
-        raise PermanentFailure(LARGE_NOT_AVAILABLE, code="MessageTooLargeForSendMail")
+        from mssendmail.large import send_large
+
+        return send_large(self, mailbox, mime, queue_id)
 
     def _post(self, url: str, body: bytes, token: str) -> requests.Response:
         headers = {

@@ -29,7 +29,8 @@ from mssendmail.errors import (
     TemporaryFailure,
     Throttled,
 )
-from mssendmail.graph import LARGE_NOT_AVAILABLE, MAX_SENDMAIL_BODY, GraphTransport
+from mssendmail.graph import MAX_SENDMAIL_BODY, GraphTransport
+from mssendmail.transports import Delivered
 from tests.fakegraph import FakeGraph, Fault, running
 
 GRAPH = "https://graph.example.test"
@@ -205,14 +206,22 @@ def test_token_never_appears_in_error_text(graph: GraphTransport, reply: dict[st
 
 
 @responses.activate
-def test_size_boundary_and_large_branch(graph: GraphTransport) -> None:
+def test_size_boundary_and_large_branch(
+    graph: GraphTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
     responses.post(URL, status=202)
     largest = MAX_SENDMAIL_BODY // 4 * 3  # base64 of this is exactly 4 MiB
     assert graph.send(MAILBOX, b"x" * largest, "q1").status == 202
-    with pytest.raises(PermanentFailure) as exc:
-        graph.send(MAILBOX, b"x" * (largest + 1), "q2")
-    assert str(exc.value) == LARGE_NOT_AVAILABLE
-    assert len(responses.calls) == 1  # the large one never reached Graph
+    seen: list[int] = []
+
+    def fake_large(transport: object, mailbox: str, mime: bytes, queue_id: str) -> Delivered:
+        seen.append(len(mime))
+        return Delivered(status=202)
+
+    monkeypatch.setattr("mssendmail.large.send_large", fake_large)
+    assert graph.send(MAILBOX, b"x" * (largest + 1), "q2").status == 202
+    assert seen == [largest + 1]  # one byte more takes the large-message path
+    assert len(responses.calls) == 1  # and never reaches sendMail
 
 
 def test_empty_mailbox_is_a_configuration_failure(graph: GraphTransport) -> None:
