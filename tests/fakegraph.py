@@ -20,6 +20,8 @@ Endpoints (all under https://127.0.0.1:PORT):
        ErrorMimeContentInvalidBase64String), at least one To/Cc/Bcc
        recipient and no unqualified address (400 ErrorInvalidRecipients);
        202 with a request-id header on success
+  drafts, attachments, upload sessions and draft send for messages over
+       4 MiB: see tests/fakegraph_large.py (needs the Mail.ReadWrite role)
   GET  /_fake/state                  counters as JSON (messages, max in flight)
   POST /_fake/script                 {"graph": [fault...], "token": [fault...]}
   POST /_fake/settings               {"latency": 0.2, "roles": [...], ...}
@@ -84,6 +86,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 import trustme
+
+from tests import fakegraph_large
 
 MAX_BODY = 4 * 1024 * 1024
 _DEFAULT_CODES = {
@@ -313,6 +317,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/_fake/state":
             status = 200
             self._json(200, fake.state())
+        elif fakegraph_large.is_upload_path(path):
+            return fakegraph_large.upload(self)
         else:
             self._json(404, {"error": "not_found"})
         self._log(status)
@@ -329,11 +335,19 @@ class _Handler(BaseHTTPRequestHandler):
             status = self._token(parts[0])
         elif path.startswith("/_fake/"):
             status = self._control(path[len("/_fake/") :])
+        elif fakegraph_large.is_large_path(parts):
+            status = fakegraph_large.post(self, parts)
         else:
             self._body()
             status = 404
             self._graph_error(404, "BadRequest", "unsupported path", str(uuid.uuid4()), {})
         self._log(status)
+
+    def do_PUT(self) -> None:
+        fakegraph_large.upload(self)  # uploadUrl chunks (tests/fakegraph_large.py)
+
+    def do_DELETE(self) -> None:
+        fakegraph_large.delete(self)  # drafts (tests/fakegraph_large.py)
 
     # -- identity platform --------------------------------------------------
     def _discovery(self, tenant: str) -> int:
