@@ -410,6 +410,14 @@ def test_readme_config_table_matches_defaults() -> None:
         assert shown == (f"`{default}`" if default else "(unset)"), key
 
 
+def test_readme_quickstart_is_the_two_commands() -> None:
+    block = re.search(r"```sh\n(.*?)```", readme_section("quickstart"), re.S)
+    assert block is not None
+    commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
+    assert commands == ["bash util/demo.sh", "bash .ci/run"]
+    assert (REPO / ".ci" / "run").exists()
+
+
 # --- install.sh as root, into a throwaway root -------------------------------
 
 FAKE_MTA = "#!/bin/sh\necho another MTA\n"
