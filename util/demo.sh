@@ -31,7 +31,7 @@ step() { printf '\n==> %s\n' "$*"; }
 run() { env -i PATH="$PATH" HOME="${HOME:-/}" LANG=C.UTF-8 MSSENDMAIL_CONFIG="$CONFIG" "$@"; }
 
 if [ ! -x "$VENV/bin/mssendmail-worker" ]; then
-	step "creating $VENV and installing mssendmail into it (once, ~20 s)"
+	step "creating $VENV and installing mssendmail into it (once, under a minute)"
 	python3 -m venv "$VENV"
 	"$VENV/bin/pip" install --quiet --disable-pip-version-check -e .
 fi
