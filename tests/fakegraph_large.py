@@ -742,3 +742,34 @@ def delivered_files(sent: LargeSent) -> dict[str, tuple[str, str | None, bool, s
 
 def expected_files(files: list[FilePart]) -> dict[str, tuple[str, str | None, bool, str | None]]:
     return {f.name: (f.sha256, f.content_type, bool(f.cid), f.cid) for f in files}
+
+
+# A tiny parent for the measured program: a child's ru_maxrss includes the RSS
+# of the process that forked it (Linux keeps the high-water mark across exec),
+# so measuring a worker forked straight from a 500 MB pytest would be wrong.
+_LAUNCHER = """
+import json, os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as fh:
+    json.dump({"exit": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}, fh)
+"""
+
+
+def run_measured(
+    argv: list[str], env: dict[str, str], result_file: str, timeout: float = 300
+) -> tuple[int, int, str]:
+    """Run argv; (exit code, its peak RSS in bytes, stderr)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, result_file, *argv],
+        capture_output=True,
+        env=env,
+        timeout=timeout,
+        text=True,
+    )
+    with open(result_file) as fh:
+        doc = json.load(fh)
+    return int(doc["exit"]), int(doc["maxrss_kib"]) * 1024, proc.stderr
