@@ -38,6 +38,7 @@ stripped of control characters and quoted or RFC 2047-encoded.
 
 from __future__ import annotations
 
+import io
 import re
 import time
 import weakref
@@ -62,6 +63,7 @@ MAX_LINE = 998
 _FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _DROP = frozenset({"return-path", "content-length"})
+_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,12 @@ def split_message(data: bytes) -> tuple[list[bytes], bytes]:
     ``data`` must already be CRLF. Written by hand only because the stdlib parsers
     do not return the fields' exact bytes, which untouched headers must keep.
     """
+    fields, pos = split_at(data)
+    return fields, data[pos:]
+
+
+def split_at(data: bytes) -> tuple[list[bytes], int]:
+    """Like split_message, but the body's offset: no copy of a 100 MB body."""
     fields: list[bytes] = []
     pos = 0
     size = len(data)
@@ -184,7 +192,7 @@ def split_message(data: bytes) -> tuple[list[bytes], bytes]:
         stop = size if end < 0 else end + 2
         line = data[pos:stop]
         if line == CRLF:
-            return fields, data[stop:]
+            return fields, stop
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1] += line
         elif _FIELD_START.match(line):
@@ -194,7 +202,7 @@ def split_message(data: bytes) -> tuple[list[bytes], bytes]:
         pos = stop
     if fields and not fields[-1].endswith(CRLF):
         fields[-1] += CRLF
-    return fields, data[pos:]
+    return fields, pos
 
 
 def field_name(field: bytes) -> str:
@@ -334,7 +342,18 @@ def prepare(
     """
     policy = cfg if isinstance(cfg, Policy) else policy_for(cfg)
     env = _check_envelope(envelope)
-    fields, body = split_message(normalise_newlines(message))
+    lf_only = b"\r" not in message
+    if lf_only:
+        # Unix mail (LF only): convert just the header section here and the
+        # body straight into the result, so a 100 MB message is never held
+        # three times (original, converted, result).
+        end = message.find(b"\n\n")
+        head = normalise_newlines(message if end < 0 else message[: end + 2])
+        fields, at = split_at(head)
+        data, body_at = message, at - head.count(CRLF, 0, at)
+    else:
+        data = normalise_newlines(message)
+        fields, body_at = split_at(data)
     headers = _Headers(fields)
     warnings: list[str] = []
     for name in _DROP:
@@ -356,7 +375,15 @@ def prepare(
         message_id = f"<{token}.mssendmail@{policy.sender_domain}>"
         headers.added.append(f"Message-ID: {message_id}\r\n".encode())
 
-    mime = headers.to_bytes() + CRLF + body
+    if lf_only:
+        out = io.BytesIO()  # getvalue() hands over its buffer without a copy
+        out.write(headers.to_bytes() + CRLF)
+        for pos in range(body_at, len(data), _BLOCK):
+            out.write(data[pos : pos + _BLOCK].replace(b"\n", CRLF))
+        mime = out.getvalue()
+    else:
+        # Joined from a view: a sliced body would be a third copy of the message.
+        mime = b"".join((headers.to_bytes(), CRLF, memoryview(data)[body_at:]))
     return Prepared(mime, mailbox, recipients, warnings, message_id)
 
 
