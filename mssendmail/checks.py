@@ -220,6 +220,18 @@ def check_roles(token: str) -> list[Result]:
     roles = sorted(r for r in raw if isinstance(r, str)) if isinstance(raw, list) else []
     shown = ", ".join(roles) or "none"
     results = []
+    if not roles:
+        # Exchange RBAC for Applications grants mail rights inside Exchange,
+        # so a correctly scoped app gets a token with no Graph roles at all.
+        return [
+            Result(
+                WARN,
+                "Mail.Send",
+                "the token carries no application roles: right only if Exchange RBAC for "
+                "Applications grants the mail rights; confirm with "
+                "'mssendmail-queue test ADDRESS --wait'",
+            )
+        ]
     if REQUIRED_ROLE in roles:
         results.append(Result(PASS, "Mail.Send", f"granted (token roles: {shown})"))
     else:

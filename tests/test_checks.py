@@ -190,3 +190,19 @@ def test_file_transport_warns_and_needs_no_token(
     assert "WARN  transport: TRANSPORT=file" in out
     assert "token" not in out
     assert code == 0
+
+
+def test_token_without_any_roles_warns_about_rbac_for_applications(
+    spool: Spool,
+    tmp_path: Path,
+    fake: FakeGraph,
+    clean_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.roles = []
+    heartbeat(spool)
+    code, out = run_check(capsys, graph_config(tmp_path, spool, fake))
+    [line] = [line for line in out.splitlines() if "Mail.Send:" in line]
+    assert line.startswith("WARN  Mail.Send: the token carries no application roles")
+    assert "FAIL" not in out.split("check:")[0]
+    assert code == 0
