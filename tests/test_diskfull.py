@@ -168,7 +168,8 @@ def test_worker_hitting_enospc_while_recording_loses_no_message(
         got = delivered(fake)
     assert set(got) == set(markers) and all(got[m] >= 1 for m in markers), got  # nothing lost
     assert not any(message_areas(Path(spool.root)).values()), message_areas(Path(spool.root))
-    assert len(os.listdir(spool.dir(SENT))) == len(markers)
+    # (a temp file may remain in sent/ from the worker we killed: see test_crash.py's xfail)
+    assert len([n for n in os.listdir(spool.dir(SENT)) if not n.startswith("tmp.")]) == len(markers)
 
 
 @pytest.mark.xfail(
