@@ -1,0 +1,294 @@
+"""Submission (durable write into maildrop/), make_envelope and the record format."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mssendmail import record
+from mssendmail import spool as spool_mod
+from mssendmail.errors import DataError, SpoolError
+from mssendmail.record import CorruptRecord
+from mssendmail.spool import MAILDROP, TEMP_PREFIX, Spool, is_id, new_id
+from mssendmail.submit import FILE_MODE, Submission, make_envelope
+
+
+def write_one(spool: Spool, data: bytes, recipients: list[str] | None = None) -> str:
+    with Submission(spool, 10**6) as sub:
+        sub.write(data)
+        return sub.commit(make_envelope("s@x", recipients or ["r@x"]))
+
+
+def read_record(spool: Spool, queue_id: str) -> tuple[dict[str, Any], bytes]:
+    with open(spool.path(MAILDROP, queue_id), "rb") as fh:
+        envelope, size = record.verify(fh)
+        return envelope, record.read_message(fh, size)
+
+
+def test_commit_makes_a_verified_record(spool: Spool) -> None:
+    queue_id = write_one(spool, b"Subject: x\n\nhello\n")
+    assert is_id(queue_id)
+    assert os.listdir(spool.dir(MAILDROP)) == [queue_id]
+    envelope, body = read_record(spool, queue_id)
+    assert body == b"Subject: x\n\nhello\n"
+    assert envelope["sender"] == "s@x" and envelope["recipients"] == ["r@x"]
+    st_ = os.stat(spool.path(MAILDROP, queue_id))
+    assert stat.S_IMODE(st_.st_mode) == FILE_MODE
+    assert st_.st_gid == os.stat(spool.dir(MAILDROP)).st_gid  # setgid directory
+
+
+def test_umask_does_not_hide_the_file_from_the_worker(spool: Spool) -> None:
+    old = os.umask(0o077)
+    try:
+        queue_id = write_one(spool, b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(spool.path(MAILDROP, queue_id)).st_mode) == FILE_MODE
+
+
+def test_envelope_fields() -> None:
+    env = make_envelope(
+        "s@x",
+        ["a@x"],
+        from_headers=True,
+        argv_recipients=["a@x"],
+        full_name="Cron",
+        source="sendmail",
+        now=1234.5,
+    )
+    assert env["v"] == record.VERSION
+    assert env["uid"] == os.getuid() and isinstance(env["user"], str) and env["user"]
+    assert env["time"] == 1234.5 and env["from_headers"] is True
+    assert env["full_name"] == "Cron" and env["argv_recipients"] == ["a@x"]
+    record.validate_envelope(env)
+
+
+def test_temp_file_is_locked_and_named_while_writing(spool: Spool) -> None:
+    with Submission(spool, 100) as sub:
+        sub.write(b"partial")
+        names = os.listdir(spool.dir(MAILDROP))
+        assert names == [TEMP_PREFIX + sub.id]
+        fd = os.open(sub.temp, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    assert os.listdir(spool.dir(MAILDROP)) == []  # leaving without commit aborts
+
+
+def test_size_limit_removes_the_partial_file(spool: Spool) -> None:
+    with Submission(spool, 10) as sub:
+        sub.write(b"0123456789")
+        with pytest.raises(DataError, match="MAX_MESSAGE_SIZE"):
+            sub.write(b"x")
+        assert os.listdir(spool.dir(MAILDROP)) == []
+
+
+def test_missing_spool_is_a_spool_error(tmp_path: Path) -> None:
+    with pytest.raises(SpoolError) as info:
+        Submission(Spool(str(tmp_path / "none")), 10)
+    assert "mssendmail-queue init" in str(info.value)
+
+
+def test_disk_full_message(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Submission(spool, 100) as sub:
+        real = os.write
+
+        def full(fd: int, data: Any) -> int:
+            if fd == sub.fd:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(fd, data)
+
+        monkeypatch.setattr(os, "write", full)
+        with pytest.raises(SpoolError, match="free disk space"):
+            sub.write(b"x")
+    assert os.listdir(spool.dir(MAILDROP)) == []
+
+
+def test_commit_order_fsyncs_before_and_after_rename(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "rename", lambda a, b: (calls.append("rename"), real_rename(a, b))[1])
+    write_one(spool, b"x")
+    assert calls[:3] == ["fsync", "rename", "fsync"]
+
+
+def test_directory_fsync_falls_back_to_syncfs(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unprivileged submitter cannot open maildrop/ (mode 3773): syncfs instead."""
+    synced: list[int] = []
+    real_open = os.open
+
+    def no_dir_open(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_DIRECTORY and str(path).endswith(MAILDROP):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_dir_open)
+    monkeypatch.setattr(spool_mod, "syncfs", synced.append)
+    write_one(spool, b"x")
+    assert len(synced) == 1
+
+
+def test_failed_commit_takes_the_message_back(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(path: str, via_fd: int | None = None) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr("mssendmail.submit.fsync_dir", broken)
+    with pytest.raises(SpoolError):
+        write_one(spool, b"x")
+    assert os.listdir(spool.dir(MAILDROP)) == []
+
+
+def test_ids_are_unique_and_time_ordered() -> None:
+    ids = {new_id(1_700_000_000) for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(is_id(i) and i.startswith(f"{1_700_000_000:08x}") for i in ids)
+    assert new_id(1_700_000_000) < new_id(1_700_000_001)
+
+
+# ---- record format ------------------------------------------------------------
+
+
+def test_torn_record_is_detected(spool: Spool) -> None:
+    queue_id = write_one(spool, b"hello world\n" * 100)
+    path = spool.path(MAILDROP, queue_id)
+    size = os.path.getsize(path)
+    for cut in (0, 10, size // 2, size - record.FOOTER_LEN, size - 1):
+        with open(path, "rb") as fh:
+            data = fh.read()
+        torn = Path(path + ".torn")
+        torn.write_bytes(data[:cut])
+        with open(torn, "rb") as fh, pytest.raises(CorruptRecord):
+            record.verify(fh)
+
+
+@given(st.integers(min_value=0, max_value=10**6), st.integers(min_value=1, max_value=255))
+def test_any_changed_byte_is_detected(position: int, flip: int) -> None:
+    body = b"To: a@x\n\nbody\n"
+    env = record.encode_envelope(make_envelope("", ["a@x"]))
+    digest = hashlib.sha256(body + env).hexdigest()
+    data = bytearray(body + env + record.footer(len(body), len(env), digest))
+    _verify_bytes(bytes(data))  # the pristine record is fine
+    data[position % len(data)] ^= flip
+    with pytest.raises(CorruptRecord):
+        _verify_bytes(bytes(data))
+
+
+def _verify_bytes(data: bytes) -> None:
+    with tempfile.TemporaryFile() as fh:
+        fh.write(data)
+        fh.flush()
+        record.verify(fh)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"recipients": []},
+        {"recipients": ["a@x\r\nBcc: evil@y"]},
+        {"sender": "s@x\nX: y"},
+        {"full_name": "N\nBcc: x"},
+        {"v": 99},
+        {"time": "yesterday"},
+    ],
+)
+def test_hostile_envelopes_are_rejected(change: dict[str, Any]) -> None:
+    env = make_envelope("", ["a@x"])
+    env.update(change)
+    with pytest.raises(CorruptRecord):
+        record.validate_envelope(env)
+
+
+@given(st.binary(max_size=5000))
+def test_writer_digest_matches_hashlib(data: bytes) -> None:
+    hasher = record.new_sha256()
+    hasher.update(data)
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_submission_path_does_not_load_heavy_modules() -> None:
+    """typing, secrets, OpenSSL (hashlib) and email.* would eat the latency budget."""
+    code = (
+        "import sys, mssendmail.sendmail, mssendmail.submit, mssendmail.config;"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
+    loaded = set(proc.stdout.split())
+    assert "mssendmail.submit" in loaded, proc.stderr
+    heavy = {
+        "typing",
+        "secrets",
+        "random",
+        "_hashlib",
+        "hashlib",
+        "email",
+        "msal",
+        "requests",
+        "filelock",
+        "dotenv",
+        "pathlib",
+        "dataclasses",
+        "contextlib",
+        "ctypes",
+    }
+    assert heavy & loaded == set()
+
+
+# ---- concurrency --------------------------------------------------------------
+
+
+def _submit_many(root: str, worker: int, count: int) -> None:
+    spool = Spool(root)
+    for seq in range(count):
+        with Submission(spool, 10**6) as sub:
+            sub.write(f"X-Marker: {worker}-{seq}\n\n".encode())
+            sub.commit(make_envelope("", [f"w{worker}@x"]))
+
+
+def test_concurrent_submitters(spool: Spool) -> None:
+    workers, count = 8, 25
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_submit_many, args=(spool.root, w, count)) for w in range(workers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    names = os.listdir(spool.dir(MAILDROP))
+    assert len(names) == workers * count and all(is_id(n) for n in names)
+    markers = set()
+    for name in names:
+        envelope, body = read_record(spool, name)
+        marker = body.split(b": ", 1)[1].split(b"\n")[0].decode()
+        assert envelope["recipients"] == [f"w{marker.split('-')[0]}@x"]
+        markers.add(marker)
+    assert markers == {f"{w}-{s}" for w in range(workers) for s in range(count)}
+
+
+def test_envelope_json_is_compact_and_sorted() -> None:
+    env = make_envelope("s@x", ["a@x"], now=1.0)
+    raw = record.encode_envelope(env)
+    assert json.loads(raw) == env
+    assert raw == json.dumps(env, separators=(",", ":"), sort_keys=True).encode()
