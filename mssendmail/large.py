@@ -81,6 +81,7 @@ DRAFT_MAX = 3_000_000
 DRAFT_TARGET = 2_000_000
 DECODE_BLOCK = 1024 * KIB  # encoded bytes decoded at a time
 MAX_DEPTH = 30
+MAX_HEADER = 256 * KIB  # a part's header section
 RETRY_DELAYS = (0.5, 2.0, 5.0)  # between attempts of one failed chunk
 RETRY_AFTER_MAX = 30.0
 
@@ -154,8 +155,12 @@ def _header_end(mime: bytes, start: int, end: int) -> int:
     """Offset where the body of the entity at start begins."""
     if mime.startswith(b"\r\n", start):
         return start + 2  # no header fields
-    found = mime.find(b"\r\n\r\n", start, end)
-    return end if found < 0 else found + 4
+    found = mime.find(b"\r\n\r\n", start, min(end, start + MAX_HEADER))
+    if found < 0:
+        # No blank line near the start: a broken part. Parsing megabytes as
+        # header fields would cost many times their size, so it has none.
+        return end if end - start <= MAX_HEADER else start
+    return found + 4
 
 
 def _parse_headers(block: bytes) -> Message:

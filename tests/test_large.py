@@ -361,3 +361,33 @@ def test_100mb_message_arrives_and_worker_memory_stays_bounded(
     print(f"worker peak RSS {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB message")
     check_delivered(fake, files)
     assert peak < 2.5 * size + 60 * 1024 * 1024, f"worker peak RSS {peak} for {size}"
+
+
+def test_broken_part_without_blank_line_is_not_parsed_as_headers() -> None:
+    junk = b"X" * 76 + b"\r\n"
+    mime = (
+        b"From: relay@contoso.example\r\nTo: a@example.org\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        b"Content-Type: text/plain\r\n\r\nhello\r\n--b\r\n" + junk * 60_000 + b"\r\n--b--\r\n"
+    )
+    plan = large.plan(mime)
+    (a,) = plan.uploads
+    assert a.size == len(junk) * 60_000 and a.name == "message.txt"
+    draft = message_from_bytes(plan.draft, policy=default)
+    assert b"hello" in plan.draft and draft.get_content_type() == "multipart/mixed"
+
+
+def test_a_retry_after_a_failed_attempt_uses_a_fresh_draft(
+    fake: FakeGraph, live: GraphTransport
+) -> None:
+    state = large_state(fake)
+    for n in range(1, 5):
+        state.fail_put(n, UploadFault.error(500))
+    files = mixed_files([4 * MB])
+    mime = make_message(files)
+    with pytest.raises(TemporaryFailure):
+        live.send(MAILBOX, mime, "q1")
+    assert live.send(MAILBOX, mime, "q1").status == 202
+    assert len(state.created) == 2 and state.deleted == state.created[:1]
+    assert state.sent[0].draft_id == state.created[1]
+    check_delivered(fake, files)
