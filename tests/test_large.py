@@ -391,3 +391,46 @@ def test_a_retry_after_a_failed_attempt_uses_a_fresh_draft(
     assert len(state.created) == 2 and state.deleted == state.created[:1]
     assert state.sent[0].draft_id == state.created[1]
     check_delivered(fake, files)
+
+
+def test_fake_upload_session_is_strict(fake: FakeGraph, live: GraphTransport) -> None:
+    import base64
+
+    import requests
+
+    token = live.tokens.token()
+    auth = {"Authorization": f"Bearer {token}"}
+    base = f"{fake.url}/v1.0/users/{MAILBOX}/messages"
+    draft = requests.post(
+        base,
+        data=base64.b64encode(b"To: a@example.org\r\nSubject: s\r\n\r\nx\r\n"),
+        headers={**auth, "Content-Type": "text/plain"},
+    )
+    assert draft.status_code == 201
+    did = draft.json()["id"]
+    item = {"AttachmentItem": {"attachmentType": "file", "name": "f.bin", "size": 1_000_000}}
+    session = requests.post(
+        f"{base}/{did}/attachments/createUploadSession", json=item, headers=auth
+    )
+    assert session.status_code == 201
+    url = session.json()["uploadUrl"]
+    unit = b"u" * CHUNK_UNIT
+
+    def put(data: bytes, crange: str, **headers: str) -> int:
+        return requests.put(
+            url, data=data, headers={"Content-Range": crange, **headers}
+        ).status_code
+
+    assert put(unit, f"bytes 0-{CHUNK_UNIT - 1}/1000000", **auth) == 401  # no Authorization
+    assert put(unit[:1000], "bytes 0-999/1000000") == 400  # not a 320 KiB multiple
+    assert put(unit, f"bytes 0-{CHUNK_UNIT - 1}/999999") == 400  # wrong total
+    assert put(unit, f"bytes 0-{CHUNK_UNIT}/1000000") == 400  # range != length
+    assert put(unit, f"bytes {CHUNK_UNIT}-{2 * CHUNK_UNIT - 1}/1000000") == 416  # a gap
+    assert put(unit, f"bytes 0-{CHUNK_UNIT - 1}/1000000") == 200
+    assert requests.get(url).json()["nextExpectedRanges"] == [str(CHUNK_UNIT)]
+    assert requests.get(url.split("?")[0] + "?authtoken=wrong").status_code == 404
+    # Sending while the upload is unfinished is refused; deleting cleans up.
+    assert requests.post(f"{base}/{did}/send", headers=auth, data=b"").status_code == 400
+    assert requests.delete(f"{base}/{did}", headers=auth).status_code == 204
+    assert put(unit, f"bytes {CHUNK_UNIT}-{2 * CHUNK_UNIT - 1}/1000000") == 404
+    assert large_state(fake).drafts == {}
