@@ -66,6 +66,7 @@ class Row:
     attempts: int = 0
     size: int | None = None
     sender: str = ""
+    user: str = ""
     recipients: list[str] = field(default_factory=list)
     error_code: str | None = None
     error: str | None = None
@@ -198,6 +199,7 @@ def message_row(spool: Spool, queue_id: str, area: str) -> Row:
     else:
         row.size = size
         row.sender = printable(envelope.get("sender", ""))
+        row.user = printable(envelope.get("user", ""))
         row.recipients = _text_list(envelope.get("recipients"))
         row.submitted = _number(envelope.get("time")) or row.submitted
     state_record = meta.read(spool, queue_id)
