@@ -172,7 +172,7 @@ def ingest(spool: Spool, name: str, max_size: int) -> tuple[str, int] | None:
             return None
         if spool.known(name):
             # A crash after linking into queue/ but before the original went.
-            os.unlink(path)
+            unlink_quiet(path)  # another worker may have dropped it first
             return None
         return _copy_verified(spool, fd, st, name, max_size)
     finally:
