@@ -15,20 +15,18 @@ Why not ``email.utils.getaddresses``: on Python 3.11.7 it (and the
 read: ``"a b c"`` becomes ``a`` and ``"a@x b@y"`` becomes ``@y``, so a typo
 would send mail to the wrong place instead of failing with exit 65. Its
 import also costs 4.3 ms (``email.utils``: 20 ms) of the ~18 ms that the
-whole submission may spend above bare interpreter start-up. The tokenizer
-below is one compiled regular expression; tests/test_message.py checks it
-against ``email.utils.getaddresses`` on generated well-formed lists.
+whole submission may spend above bare interpreter start-up. The small
+recursive-descent parser below has no imports at all; tests/test_message.py
+checks it against ``email.utils.getaddresses`` on generated well-formed lists.
 
 Header parsing follows ``email.feedparser``: an optional mbox ``From `` first
 line, ``Name:`` field lines and folded continuations; the first other line
 (usually the empty one) ends the section. Values are decoded as UTF-8
 (RFC 6532) with surrogateescape, so stray 8-bit bytes are reported, not
-fatal to the parser. Standard library ``re`` only: it is loaded anyway.
+fatal to the parser. No imports beyond errors: this is the fast path.
 """
 
 from __future__ import annotations
-
-import re
 
 from mssendmail.errors import DataError
 
@@ -38,22 +36,13 @@ HEADER_LIMIT = 1024 * 1024
 MAX_ADDRESS = 998  # the record's field limit; RFC 5321 paths are far shorter
 RECIPIENT_FIELDS = (b"to", b"cc", b"bcc")
 
-# One token per match. Order matters: quoted strings, comments and domain
-# literals first, then single specials, then atoms, then anything else (an
-# error). Atoms allow 8-bit text (RFC 6531/6532), never controls.
-_TOKEN = re.compile(
-    r"""
-    (?P<ws>[ \t\r\n]+)
-  | (?P<quoted>"(?:[^"\\\r\n]|\\[^\r\n])*")
-  | (?P<comment>\()
-  | (?P<literal>\[(?:[^\[\]\\\r\n]|\\[^\r\n])*\])
-  | (?P<special>[<>@,;:.])
-  | (?P<atom>[^\x00-\x20\x7f()<>\[\]:;@\\,."]+)
-  | (?P<bad>.)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
-_HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+# Characters that end an atom. Atoms allow 8-bit text (RFC 6531/6532),
+# never controls, and none of the specials.
+_ATOM_STOP = frozenset("".join(map(chr, range(0x21))) + '\x7f()<>[]:;@\\,."')
+_SPECIALS = frozenset("<>@,;:.")
+_WHITESPACE = frozenset(" \t\r\n")
+# Field names: printable ASCII but ":" (RFC 5322 ftext), as email.feedparser.
+_FIELD_NAME = bytes(range(0x21, 0x3A)) + bytes(range(0x3B, 0x7F))
 
 Token = tuple[str, str]  # (kind, text): kind is "quoted", "literal", "atom" or the special itself
 
@@ -77,22 +66,51 @@ def _skip_comment(text: str, pos: int) -> int:
     raise DataError(f"unbalanced parenthesis in {text!r}")
 
 
+def _skip_quoted(text: str, pos: int, close: str) -> int:
+    """The index after the quoted string or domain literal opening at text[pos]."""
+    i = pos + 1
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text) and text[i + 1] not in "\r\n":
+            i += 2
+            continue
+        if char == close:
+            return i + 1
+        if char in "\r\n" or (close == "]" and char == "["):
+            break
+        i += 1
+    raise DataError(f"unclosed {text[pos]} in {text!r}")
+
+
 def tokenize(text: str) -> list[Token]:
+    """RFC 5322 tokens; comments and whitespace are dropped.
+
+    A plain loop, not a regular expression: compiling one costs ~0.6 ms at
+    every start, more than scanning any real header takes.
+    """
     tokens: list[Token] = []
     pos = 0
     while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        assert match is not None  # the last alternative matches any character
-        kind = match.lastgroup or "bad"
-        if kind == "comment":
+        char = text[pos]
+        if char in _WHITESPACE:
+            pos += 1
+        elif char == "(":
             pos = _skip_comment(text, pos)
-            continue
-        if kind == "bad":
-            raise DataError(f"unexpected character {match.group()!r} in {text!r}")
-        if kind != "ws":
-            value = match.group()
-            tokens.append((value if kind == "special" else kind, value))
-        pos = match.end()
+        elif char in '"[':
+            end = _skip_quoted(text, pos, '"' if char == '"' else "]")
+            tokens.append(("quoted" if char == '"' else "literal", text[pos:end]))
+            pos = end
+        elif char in _SPECIALS:
+            tokens.append((char, char))
+            pos += 1
+        elif char in _ATOM_STOP:
+            raise DataError(f"unexpected character {char!r} in {text!r}")
+        else:
+            end = pos + 1
+            while end < len(text) and text[end] not in _ATOM_STOP:
+                end += 1
+            tokens.append(("atom", text[pos:end]))
+            pos = end
     return tokens
 
 
@@ -266,7 +284,8 @@ def header_fields(section: bytes, names: tuple[bytes, ...]) -> tuple[list[tuple[
         if current is not None:
             fields.append((current_name, _decode(current)))
             current = None
-        if _HEADER_LINE.match(line) is None:
+        colon = line.find(b":")
+        if colon <= 0 or line[:colon].translate(None, _FIELD_NAME):
             ended = True
             break
         name, _, value = line.partition(b":")

@@ -252,6 +252,9 @@ def test_submission_path_does_not_load_heavy_modules() -> None:
         "dataclasses",
         "contextlib",
         "ctypes",
+        "json",
+        "signal",
+        "email.utils",
     }
     assert heavy & loaded == set()
 
@@ -285,6 +288,28 @@ def test_concurrent_submitters(spool: Spool) -> None:
         assert envelope["recipients"] == [f"w{marker.split('-')[0]}@x"]
         markers.add(marker)
     assert markers == {f"{w}-{s}" for w in range(workers) for s in range(count)}
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(), _json_values, max_size=8))
+def test_envelope_encoder_matches_json_dumps(value: dict[str, Any]) -> None:
+    assert record.encode_envelope(value) == (
+        json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+    )
+
+
+def test_envelope_encoder_falls_back_for_other_types() -> None:
+    assert record.encode_envelope({"a": (1, 2), "b": float("inf")}) == b'{"a":[1,2],"b":Infinity}'
 
 
 def test_envelope_json_is_compact_and_sorted() -> None:
