@@ -110,13 +110,19 @@ def env_for(cfg: Path, fake: FakeGraph | None = None) -> dict[str, str]:
 def run_worker(
     cfg: Path, fake: FakeGraph | None = None, *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """mssendmail-worker --once; its stderr is also kept in <cfg dir>/log for the secrets scan."""
+    result = subprocess.run(
         [WORKER, "--once", *args],
         capture_output=True,
         text=True,
         env=env_for(cfg, fake),
         timeout=timeout,
     )
+    keep = cfg.parent / "log"
+    keep.mkdir(exist_ok=True)
+    with open(keep / "worker-runs.stderr.log", "a") as fh:
+        fh.write(result.stderr)
+    return result
 
 
 def message(marker: str, rcpt: str = RCPT, body: bytes = b"body\n") -> bytes:
