@@ -11,9 +11,12 @@ python-dotenv, which costs ~50 ms to import.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 from mssendmail.errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # collections.abc imports the collections package: ~1.5 ms of submission
+    from collections.abc import Mapping
 
 DEFAULT_PATH = "/etc/mssendmail/.env"
 ENV_PATH_VAR = "MSSENDMAIL_CONFIG"

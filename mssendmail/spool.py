@@ -29,7 +29,6 @@ This module is on the submission path: standard library only, no pathlib.
 from __future__ import annotations
 
 import os
-import re
 import stat
 import time
 
@@ -66,7 +65,8 @@ ROOT_MODE = 0o755
 TRIGGER_MODE = 0o622
 SERVICE_USER = "mssendmail"
 
-ID_RE = re.compile(r"\A[0-9a-f]{18}\Z")
+ID_LEN = 18
+_HEX_DIGITS = "0123456789abcdef"
 TEMP_PREFIX = "tmp."
 
 
@@ -79,7 +79,9 @@ def new_id(now: float | None = None) -> str:
 
 
 def is_id(name: str) -> bool:
-    return ID_RE.match(name) is not None
+    # No regular expression: ``import re`` costs submission ~10 ms (pip's
+    # console-script wrapper no longer imports it for us).
+    return len(name) == ID_LEN and not name.strip(_HEX_DIGITS)
 
 
 def fsync_dir(path: str, via_fd: int | None = None) -> None:
