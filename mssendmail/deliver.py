@@ -207,7 +207,13 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
         "uid": envelope.get("uid"),
         "submitted": envelope.get("time"),
     }
-    outcome.sent(spool, held, record_info)
+    try:
+        outcome.sent(spool, held, record_info)
+    except OSError as exc:
+        # Sent, but not recorded (disk full?): it must not go out again.
+        log.error(kv(event="sent-unrecorded", id=qid, error=exc.strerror or str(exc)))
+        outcome.sent_unrecorded(spool, held)
+        return Outcome.SENT
     pause.clear_queue_pause(spool)
     return Outcome.SENT
 

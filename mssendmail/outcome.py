@@ -14,12 +14,15 @@ from typing import Any
 
 from mssendmail import meta
 from mssendmail.claim import Claim
-from mssendmail.spool import ACTIVE, DEAD, DEFERRED, QUEUE, Spool, write_atomic
+from mssendmail.spool import ACTIVE, DEAD, DEFERRED, QUEUE, SENT, Spool, write_atomic
 
 
 def already_sent(spool: Spool, queue_id: str) -> bool:
-    """A sent record exists: the last run died after Graph's 202, before cleanup."""
-    return os.path.exists(spool.sent_path(queue_id))
+    """A sent record exists: the last run died after Graph's 202, before cleanup.
+
+    sent/<id> without .json is a message parked by sent_unrecorded().
+    """
+    return os.path.exists(spool.sent_path(queue_id)) or os.path.lexists(spool.path(SENT, queue_id))
 
 
 def sent(spool: Spool, held: Claim, info: dict[str, Any]) -> None:
@@ -33,6 +36,33 @@ def sent(spool: Spool, held: Claim, info: dict[str, Any]) -> None:
     if meta.exists(spool, held.queue_id):
         meta.remove(spool, held.queue_id)
     held.release()
+
+
+def sent_unrecorded(spool: Spool, held: Claim) -> None:
+    """Graph took the message but the record cannot be written (disk full).
+
+    A rename needs no free blocks: park the message itself as sent/<id>, so
+    it is never sent again; sweep_sent() turns it into a record later.
+    """
+    spool.move(held.queue_id, held.area, SENT)
+    held.area = SENT
+    held.release()
+
+
+def sweep_sent(spool: Spool, now: float) -> None:
+    """Replace parked messages in sent/ by a minimal record once there is room."""
+    for queue_id in spool.ids(SENT):
+        try:
+            if not os.path.exists(spool.sent_path(queue_id)):
+                info = {
+                    "id": queue_id,
+                    "sent": os.lstat(spool.path(SENT, queue_id)).st_mtime,
+                    "note": "sent; details lost: the disk was full",
+                }
+                write_atomic(spool.sent_path(queue_id), json.dumps(info).encode())
+            os.unlink(spool.path(SENT, queue_id))
+        except OSError:
+            return  # still no room
 
 
 def defer(spool: Spool, held: Claim, state: dict[str, Any] | None, until: float) -> None:

@@ -32,6 +32,7 @@ from mssendmail.spool import (
     fsync_dir,
     is_id,
     new_id,
+    remove_if_abandoned,
     unlink_quiet,
     write_atomic,
 )
@@ -39,8 +40,6 @@ from mssendmail.spool import (
 log = logging.getLogger("mssendmail.pickup")
 
 ENVELOPE_SLACK = record.MAX_ENVELOPE + record.FOOTER_LEN
-# An unlocked, empty temp file may be a submitter between open() and flock().
-EMPTY_TEMP_GRACE = 60.0
 
 
 class Rejected(Exception):
@@ -69,6 +68,10 @@ def pickup(
             except Rejected as exc:
                 quarantine(spool, name, str(exc))
                 continue
+            except OSError as exc:
+                # Disk full or the like: the original stays; try again later.
+                log.error("cannot pick up %s: %s", name, exc.strerror or exc)
+                break
             if copy is not None:
                 staged.append((name, *copy))
     queued = _commit(spool, staged)
@@ -97,6 +100,8 @@ def _commit(spool: Spool, staged: list[tuple[str, str, int]]) -> list[str]:
             queued.append(name)
         except FileExistsError:
             pass  # another worker linked the same submission first
+        except OSError as exc:
+            log.error("cannot queue %s: %s", name, exc.strerror or exc)  # original stays
         finally:
             os.close(fd)
             unlink_quiet(temp)
@@ -109,26 +114,16 @@ def clean_temp(spool: Spool, name: str, now: float) -> bool:
     """Remove a temp file whose writer is gone (its flock is free)."""
     path = spool.path(MAILDROP, name)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        quarantine(spool, name, "temp entry cannot be opened safely")
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        quarantine(spool, name, "temp entry is not a regular file")
         return True
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            quarantine(spool, name, "temp entry is not a regular file")
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # a live submitter is still writing
-        if st.st_size == 0 and now - st.st_mtime < EMPTY_TEMP_GRACE:
-            return False
-        unlink_quiet(path)
+    if remove_if_abandoned(path, now):
         log.info("removed abandoned submission %s (%d bytes)", name, st.st_size)
         return True
-    finally:
-        os.close(fd)
+    return False
 
 
 def _open_entry(path: str, max_size: int) -> tuple[int, os.stat_result]:

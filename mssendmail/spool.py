@@ -28,6 +28,7 @@ This module is on the submission path: standard library only, no pathlib.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import time
@@ -121,6 +122,8 @@ def write_atomic(path: str, data: bytes, mode: int = 0o640) -> None:
     tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
+        # Locked while we live, so sweep_temps() can tell ours from a dead writer's.
+        fcntl.flock(fd, fcntl.LOCK_EX)
         os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
@@ -133,6 +136,65 @@ def write_atomic(path: str, data: bytes, mode: int = 0o640) -> None:
     os.close(fd)
     os.rename(tmp, path)
     fsync_dir(directory)
+
+
+# An unlocked, empty temp file may belong to a writer between open() and flock().
+EMPTY_TEMP_GRACE = 60.0
+PRIVATE_AREAS = (QUEUE, ACTIVE, DEFERRED, HOLD, DEAD, CORRUPT, META, SENT, STATE)
+
+
+def remove_if_abandoned(path: str, now: float) -> bool:
+    """Delete a temp file whose writer died: every writer flocks its temp file
+    before writing, and the kernel drops the lock with the process."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer
+        young = now - st.st_mtime < EMPTY_TEMP_GRACE
+        if st.st_size == 0 and young and _writer_may_live(path):
+            return False
+        unlink_quiet(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _writer_may_live(path: str) -> bool:
+    """False when the temp name's pid (tmp.<name>.<pid>.<random>) is a dead process."""
+    parts = os.path.basename(path).split(".")
+    if len(parts) < 4 or not parts[-2].isdigit():
+        return True  # maildrop temps carry no pid
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # alive, owned by someone else
+    return True
+
+
+def sweep_temps(spool: Spool, now: float | None = None) -> list[str]:
+    """Remove what killed workers and admin commands left half-written."""
+    now = time.time() if now is None else now
+    removed = []
+    for area in PRIVATE_AREAS:
+        try:
+            names = os.listdir(spool.dir(area))
+        except FileNotFoundError:
+            continue
+        for name in names:
+            path = spool.path(area, name)
+            if name.startswith(TEMP_PREFIX) and remove_if_abandoned(path, now):
+                removed.append(f"{area}/{name}")
+    return removed
 
 
 def unlink_quiet(path: str) -> None:
@@ -199,9 +261,11 @@ class Spool:
         return None
 
     def known(self, queue_id: str) -> bool:
-        """Seen before: queued anywhere, or recorded as sent."""
-        return self.locate(queue_id) not in (None, MAILDROP) or os.path.exists(
-            self.sent_path(queue_id)
+        """Seen before: queued anywhere, or recorded (or parked) as sent."""
+        return (
+            self.locate(queue_id) not in (None, MAILDROP)
+            or os.path.exists(self.sent_path(queue_id))
+            or os.path.lexists(self.path(SENT, queue_id))
         )
 
     def wake(self, flush: bool = False) -> None:

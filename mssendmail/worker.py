@@ -45,12 +45,12 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from mssendmail import __version__, config, logs, pause
+from mssendmail import __version__, config, logs, outcome, pause
 from mssendmail.claim import recover
 from mssendmail.deliver import Context, Outcome, Policy, deliver
 from mssendmail.errors import ConfigError, MssendmailError, exit_code
 from mssendmail.pickup import pickup
-from mssendmail.spool import DEFERRED, QUEUE, STATE, Spool, unlink_quiet
+from mssendmail.spool import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
 from mssendmail.transports import from_config
 
 log = logging.getLogger("mssendmail.worker")
@@ -61,6 +61,7 @@ HEARTBEAT_FILE = "heartbeat.json"
 FLUSH_MIN_INTERVAL = 60.0
 SWEEP_INTERVAL = 600.0
 RECOVER_SECONDS = 60.0
+ERROR_PAUSE = 10.0  # after an unexpected error (disk full, a bug): stop dispatching this long
 
 
 class Worker:
@@ -83,6 +84,7 @@ class Worker:
         self.last_flush = 0.0
         self.last_sweep = 0.0
         self.last_recover = 0.0
+        self.stall_until = 0.0
         self.outcomes: dict[Outcome, int] = {o: 0 for o in Outcome}
         self.network_failures = 0
 
@@ -162,6 +164,9 @@ class Worker:
             return deliver(self.ctx, qid, area)
         except Exception as exc:  # a bug or the disk: keep the worker alive, the claim is released
             log.error(logs.kv(event="attempt-error", id=qid, error=f"{type(exc).__name__}: {exc}"))
+            # The message went back to queue/; without a pause it would be
+            # retried at once, in a loop, against Graph.
+            self.stall_until = self.ctx.now() + ERROR_PAUSE
             return Outcome.SKIPPED
         finally:
             self.poke()
@@ -211,8 +216,8 @@ class Worker:
         self.reap()
         picked = pickup(self.spool, self.ctx.cfg.max_message_size, limit=PICKUP_BATCH)
         self.pending.extend((qid, QUEUE) for qid in picked)
-        if pause.queue_paused_until(self.spool) > now:
-            return bool(self.inflight)
+        if pause.queue_paused_until(self.spool) > now or self.stall_until > now:
+            return bool(self.inflight) or (not self.once and self.stall_until > now)
         self.refill(now)
         self.dispatch()
         return bool(self.pending or self.inflight or picked)
@@ -225,7 +230,7 @@ class Worker:
             self.sweep(now)
             if now - self.last_recover >= RECOVER_SECONDS:
                 self.last_recover = now
-                recover(self.spool)  # claims of a --once run that was killed
+                self.housekeeping(now)
             busy = self.step()
             full = len(self.inflight) >= self.concurrency
             if self.wait(RESCAN_SECONDS if (full or not busy) else 0.0):
@@ -233,8 +238,15 @@ class Worker:
         self.drain_inflight()
         return 0
 
-    def run_once(self) -> int:
+    def housekeeping(self, now: float) -> None:
+        """What killed processes leave behind: claims, temp files, parked sent mail."""
         recover(self.spool)
+        for name in sweep_temps(self.spool, now):
+            log.info(logs.kv(event="removed-temp", file=name))
+        outcome.sweep_sent(self.spool, now)
+
+    def run_once(self) -> int:
+        self.housekeeping(self.ctx.now())
         self.heartbeat(self.ctx.now())
         while not self.stopping.is_set():
             if not self.step():
@@ -243,7 +255,8 @@ class Worker:
                 self.wait(0.05)
         self.drain_inflight()
         self.sweep(self.ctx.now())
-        if pause.queue_paused_until(self.spool) > self.ctx.now():
+        now = self.ctx.now()
+        if pause.queue_paused_until(self.spool) > now or self.stall_until > now:
             return 75
         return 0
 

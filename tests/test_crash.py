@@ -265,15 +265,10 @@ def test_killing_workers_loses_nothing_and_resends_only_in_the_202_window(
         assert_no_traceback(log.read_text(errors="replace"))
     root = Path(spool.root)
     leftovers = temp_leftovers(root)
-    # Known product defect, pinned by the xfail tests below: temp files of a
-    # killed worker (pickup's copies in queue/, write_atomic's in meta/, sent/,
-    # state/) are never removed. They hold no message that is not also
-    # queued or sent; every other temp file must be gone.
-    worker_temps = [t for t in leftovers if WORKER_TEMP_RE.match(t)]
-    print(f"worker temp files left by kills: {len(worker_temps)}")
-    assert [t for t in leftovers if t not in worker_temps] == []
+    # The worker's housekeeping removes what killed workers left half-written
+    # (pickup copies, write_atomic temps): nothing may remain.
+    assert leftovers == [], leftovers
     areas = message_areas(root)
-    areas["queue"] = [n for n in areas["queue"] if f"queue/{n}" not in worker_temps]
     assert areas == {a: [] for a in areas}, areas
     assert os.listdir(root / "meta") == []
 
@@ -353,11 +348,6 @@ sys.exit(main())
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product defect: temp files of a killed worker (queue/tmp.* pickup copies, "
-    "write_atomic temps in sent/ and meta/) are never removed",
-)
 @pytest.mark.parametrize("where", ["queue", "sent"])
 def test_temp_files_of_a_killed_worker_are_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from mssendmail import record
-from mssendmail.pickup import EMPTY_TEMP_GRACE, pickup
+from mssendmail.pickup import pickup
+from mssendmail.spool import EMPTY_TEMP_GRACE
 from mssendmail.spool import CORRUPT, MAILDROP, QUEUE, Spool, new_id
 from mssendmail.submit import Submission, make_envelope
 
