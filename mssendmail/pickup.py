@@ -21,6 +21,7 @@ import os
 import pwd
 import stat
 import time
+from dataclasses import dataclass
 
 from mssendmail import record
 from mssendmail.spool import (
@@ -46,6 +47,21 @@ class Rejected(Exception):
     """An entry that must be quarantined, with the reason."""
 
 
+@dataclass
+class Staged:
+    """A verified copy waiting for the batch commit.
+
+    The original's fd stays open, and with it our flock, until the original
+    is gone: an admin's delete must not remove it between our copy and our
+    link, or the "deleted" message would be queued and sent anyway.
+    """
+
+    name: str
+    temp: str
+    copy_fd: int
+    source_fd: int
+
+
 def pickup(
     spool: Spool, max_size: int, now: float | None = None, limit: int | None = None
 ) -> list[str]:
@@ -54,38 +70,42 @@ def pickup(
         names = sorted(os.listdir(spool.dir(MAILDROP)))
     except FileNotFoundError:
         return []
-    staged: list[tuple[str, str, int]] = []
-    for name in names:
-        if limit is not None and len(staged) >= limit:
-            break
-        if name.startswith(TEMP_PREFIX):
-            clean_temp(spool, name, time.time() if now is None else now)
-        elif not is_id(name):
-            quarantine(spool, name, "name is not a queue id")
-        else:
-            try:
-                copy = ingest(spool, name, max_size)
-            except Rejected as exc:
-                quarantine(spool, name, str(exc))
-                continue
-            except OSError as exc:
-                # Disk full or the like: the original stays; try again later.
-                log.error("cannot pick up %s: %s", name, exc.strerror or exc)
+    staged: list[Staged] = []
+    try:
+        for name in names:
+            if limit is not None and len(staged) >= limit:
                 break
-            if copy is not None:
-                staged.append((name, *copy))
-    queued = _commit(spool, staged)
-    if queued:
-        # The copies are durable (fsync + link + directory fsync in _commit)
-        # before any original goes; a crash in between leaves duplicates
-        # that the next round drops (spool.known()).
-        for name in queued:
-            unlink_quiet(spool.path(MAILDROP, name))
-        fsync_dir(spool.dir(MAILDROP))
+            if name.startswith(TEMP_PREFIX):
+                clean_temp(spool, name, time.time() if now is None else now)
+            elif not is_id(name):
+                quarantine(spool, name, "name is not a queue id")
+            else:
+                try:
+                    copy = ingest(spool, name, max_size)
+                except Rejected as exc:
+                    quarantine(spool, name, str(exc))
+                    continue
+                except OSError as exc:
+                    # Disk full or the like: the original stays; try again later.
+                    log.error("cannot pick up %s: %s", name, exc.strerror or exc)
+                    break
+                if copy is not None:
+                    staged.append(copy)
+        queued = _commit(spool, staged)
+        if queued:
+            # The copies are durable (fsync + link + directory fsync in
+            # _commit) before any original goes; a crash in between leaves
+            # duplicates that the next round drops (spool.known()).
+            for name in queued:
+                unlink_quiet(spool.path(MAILDROP, name))
+            fsync_dir(spool.dir(MAILDROP))
+    finally:
+        for item in staged:
+            os.close(item.source_fd)
     return queued
 
 
-def _commit(spool: Spool, staged: list[tuple[str, str, int]]) -> list[str]:
+def _commit(spool: Spool, staged: list[Staged]) -> list[str]:
     """fsync every staged copy, then link it into queue/.
 
     The copies are written first and synced afterwards so that one journal
@@ -93,18 +113,18 @@ def _commit(spool: Spool, staged: list[tuple[str, str, int]]) -> list[str]:
     find little left to flush.
     """
     queued = []
-    for name, temp, fd in staged:
+    for item in staged:
         try:
-            os.fsync(fd)
-            os.link(temp, spool.path(QUEUE, name))
-            queued.append(name)
+            os.fsync(item.copy_fd)
+            os.link(item.temp, spool.path(QUEUE, item.name))
+            queued.append(item.name)
         except FileExistsError:
             pass  # another worker linked the same submission first
         except OSError as exc:
-            log.error("cannot queue %s: %s", name, exc.strerror or exc)  # original stays
+            log.error("cannot queue %s: %s", item.name, exc.strerror or exc)  # original stays
         finally:
-            os.close(fd)
-            unlink_quiet(temp)
+            os.close(item.copy_fd)
+            unlink_quiet(item.temp)
     if queued:
         fsync_dir(spool.dir(QUEUE))
     return queued
@@ -145,12 +165,11 @@ def _open_entry(path: str, max_size: int) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def ingest(spool: Spool, name: str, max_size: int) -> tuple[str, int] | None:
-    """Copy one maildrop entry to a verified temp file in queue/: (path, open fd).
+def ingest(spool: Spool, name: str, max_size: int) -> Staged | None:
+    """Copy one maildrop entry to a verified temp file in queue/.
 
-    None when another worker has it. The original stays until pickup() has
-    made the copy durable; another worker that finds it meanwhile either
-    sees the copy (known()) and drops the original, or loses the link race.
+    None when another worker or an admin has it. The original stays, locked,
+    until pickup() has made the copy durable.
     """
     path = spool.path(MAILDROP, name)
     fd, st = _open_entry(path, max_size)
@@ -158,20 +177,25 @@ def ingest(spool: Spool, name: str, max_size: int) -> tuple[str, int] | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             return None
         try:
             current = os.lstat(path)
         except FileNotFoundError:
-            return None  # another worker finished it while we waited
-        if (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
+            current = None  # another worker finished it while we waited
+        if current is None or (current.st_ino, current.st_dev) != (st.st_ino, st.st_dev):
+            os.close(fd)
             return None
         if spool.known(name):
             # A crash after linking into queue/ but before the original went.
             unlink_quiet(path)  # another worker may have dropped it first
+            os.close(fd)
             return None
-        return _copy_verified(spool, fd, st, name, max_size)
-    finally:
+        temp, copy_fd = _copy_verified(spool, fd, st, name, max_size)
+    except BaseException:
         os.close(fd)
+        raise
+    return Staged(name, temp, copy_fd, fd)
 
 
 def _copy_verified(
