@@ -203,3 +203,16 @@ def test_table_is_data_and_usage_covers_it() -> None:
         assert action and meaning
         assert f"-{letter}" in text
     assert "--config" in text
+
+
+def test_readme_flag_table_covers_every_flag() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("<!-- section: submission -->")
+    section = readme[start : readme.index("<!-- /section: submission -->")]
+    for letter in flags.FLAGS:
+        assert f"`-{letter}" in section or f" -{letter}" in section, letter
+    for mode in flags.MODES:
+        assert f"-b{mode}" in section
+    assert "--config" in section
