@@ -71,6 +71,7 @@ if TYPE_CHECKING:  # annotations only: importing typing costs ~5 ms of the budge
     from mssendmail.submit import Submission
 
 CHUNK = 256 * 1024
+MAX_RECIPIENTS = 10000  # record.validate_envelope quarantines longer lists
 # The C core of the signal module, which the interpreter has always loaded:
 # ``import signal`` builds three IntEnums, ~1 ms of the ~18 ms budget.
 SIGNAL_NAMES: dict[int, str] = {
@@ -178,6 +179,7 @@ def submit(cfg: Config, opts: flags.Options, stdin_fd: int = 0) -> str:
     make us report failure for a message the worker will send. They stay
     blocked after the commit; main() then discards what is pending.
     """
+    from mssendmail.record import MAX_ENVELOPE, encode_envelope
     from mssendmail.spool import Spool
     from mssendmail.submit import Submission, make_envelope
 
@@ -195,6 +197,11 @@ def submit(cfg: Config, opts: flags.Options, stdin_fd: int = 0) -> str:
         finally:
             _signal.pthread_sigmask(_signal.SIG_BLOCK, HANDLED_SIGNALS)
         recipients = _dedupe(argv_rcpts + (headers.recipients() if headers else []))
+        if len(recipients) > MAX_RECIPIENTS:
+            raise DataError(
+                f"{len(recipients)} recipients: at most {MAX_RECIPIENTS} fit in one message; "
+                "split the list"
+            )
         if not recipients:
             raise UsageError(
                 "no recipients: none on the command line and none in To:, Cc: or Bcc:; "
@@ -208,6 +215,8 @@ def submit(cfg: Config, opts: flags.Options, stdin_fd: int = 0) -> str:
             full_name=full_name,
             source="sendmail",
         )
+        if len(encode_envelope(envelope)) > MAX_ENVELOPE:  # the worker would quarantine it
+            raise DataError("the recipient list is too long for one message; split the list")
         return sub.commit(envelope)
 
 

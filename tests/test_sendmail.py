@@ -192,6 +192,22 @@ def test_bad_input(
     assert_nothing_queued(spool)
 
 
+def test_too_many_recipients(submit: Callable[..., Run], spool: Spool) -> None:
+    many = ",".join(f"u{i}@x" for i in range(10001))
+    result = submit(["-i", many], b"x\n")
+    assert result.rc == 65 and "at most 10000" in result.err
+    assert_nothing_queued(spool)
+    assert submit(["-i", many.rsplit(",", 1)[0]], b"x\n").rc == 0
+    assert len(only(spool)[0]["recipients"]) == 10000
+
+
+def test_envelope_too_big(submit: Callable[..., Run], spool: Spool) -> None:
+    long_ones = ",".join(f"{'x' * 90}{i}@example.com" for i in range(6000))
+    result = submit(["-i", long_ones], b"x\n")
+    assert result.rc == 65 and "recipient list is too long" in result.err
+    assert_nothing_queued(spool)
+
+
 def test_size_limit_while_streaming(
     submit: Callable[..., Run], spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
