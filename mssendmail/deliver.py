@@ -9,14 +9,16 @@ through the Context, so tests control the clock.
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mssendmail import meta, outcome, pause, record
 from mssendmail.claim import Claim, claim
@@ -35,9 +37,13 @@ from mssendmail.retry import backoff
 from mssendmail.spool import Spool
 from mssendmail.transports import Transport
 
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
+
 log = logging.getLogger("mssendmail.deliver")
 
 PER_MAILBOX_LIMIT = 4  # Graph's MailboxConcurrency
+SLOT_POLL = 0.05
 
 
 class Outcome(enum.Enum):
@@ -66,9 +72,16 @@ class Policy:
 
 
 class MailboxGate:
-    """Per-mailbox throttle pauses and in-flight limits, shared by all threads."""
+    """Per-mailbox throttle pauses and in-flight limits.
 
-    def __init__(self) -> None:
+    The limit holds across processes (the service plus an admin's --once):
+    a send first takes one of PER_MAILBOX_LIMIT lock files for its mailbox
+    in state/, through filelock; without a lock directory (unit tests) an
+    in-process semaphore does the same job.
+    """
+
+    def __init__(self, lock_dir: str | None = None) -> None:
+        self.lock_dir = lock_dir
         self._lock = threading.Lock()
         self._until: dict[str, float] = {}
         self._slots: dict[str, threading.BoundedSemaphore] = {}
@@ -89,7 +102,28 @@ class MailboxGate:
                 mailbox.lower(), threading.BoundedSemaphore(PER_MAILBOX_LIMIT)
             )
         with sem:
-            yield
+            if self.lock_dir is None:
+                yield
+                return
+            held = self._file_slot(mailbox)
+            try:
+                yield
+            finally:
+                held.release()
+
+    def _file_slot(self, mailbox: str) -> BaseFileLock:
+        from filelock import FileLock, Timeout
+
+        key = hashlib.sha256(mailbox.lower().encode()).hexdigest()[:16]
+        while True:
+            for n in range(PER_MAILBOX_LIMIT):
+                lock = FileLock(os.path.join(self.lock_dir or "", f"slot-{key}-{n}.lock"))
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    continue
+                return lock
+            time.sleep(SLOT_POLL)  # all four taken by other processes
 
 
 @dataclass

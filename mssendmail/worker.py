@@ -47,7 +47,7 @@ from typing import Any
 
 from mssendmail import __version__, config, logs, outcome, pause
 from mssendmail.claim import recover
-from mssendmail.deliver import Context, Outcome, Policy, deliver
+from mssendmail.deliver import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.errors import ConfigError, MssendmailError, exit_code
 from mssendmail.pickup import pickup
 from mssendmail.spool import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
@@ -271,6 +271,7 @@ def build_context(cfg: config.Config) -> Context:
     spool = Spool(cfg.queue_dir)
     transport = from_config(cfg)
     return Context(
+        gate=MailboxGate(spool.dir(STATE)),
         spool=spool,
         cfg=cfg,
         transport=transport,

@@ -100,6 +100,8 @@ def test_50_submitters_2_workers_10000_messages_each_delivered_exactly_once(
         f"({total / drained:.0f} msg/s end to end); fake max in flight {state['max_in_flight']}"
     )
     assert codes == [0, 0]
+    # Two worker processes, one mailbox: the per-mailbox limit holds across them.
+    assert max(state["max_in_flight_per_mailbox"].values()) <= 4, state
     expected = {f"load-{n}-{i}" for n in range(SUBMITTERS) for i in range(PER_SUBMITTER)}
     assert set(got) == expected, (
         f"missing {len(expected - set(got))}, unexpected {set(got) - expected}"

@@ -64,3 +64,28 @@ def test_gate_pause_only_extends() -> None:
     gate.pause("A@x", 50.0)
     assert gate.paused_until("a@X") == 100.0
     assert gate.paused_until("other@x") == 0.0
+
+
+def test_file_slots_hold_the_limit_across_gates(tmp_path: Path) -> None:
+    """Two gates on one lock directory stand for two worker processes."""
+    gates = [MailboxGate(str(tmp_path)), MailboxGate(str(tmp_path))]
+    inside = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def work(gate: MailboxGate) -> None:
+        nonlocal inside, peak
+        with gate.slot("relay@x"):
+            with lock:
+                inside += 1
+                peak = max(peak, inside)
+            time.sleep(0.05)
+            with lock:
+                inside -= 1
+
+    threads = [threading.Thread(target=work, args=(gates[i % 2],)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak == PER_MAILBOX_LIMIT

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from mssendmail import record
 from mssendmail.pickup import pickup
-from mssendmail.spool import EMPTY_TEMP_GRACE
-from mssendmail.spool import CORRUPT, MAILDROP, QUEUE, Spool, new_id
+from mssendmail.spool import CORRUPT, EMPTY_TEMP_GRACE, MAILDROP, QUEUE, Spool, new_id
 from mssendmail.submit import Submission, make_envelope
 
 MAX = 10 * 1024 * 1024
