@@ -84,7 +84,7 @@ def test_worker_quarantines_every_trap_follows_no_link_and_sends_only_the_real_m
         return str(drop / name)
 
     os.symlink(victim, plant("0000000000000000a1", "cannot open safely"))
-    os.symlink(victim, plant("tmp.0000000000000000a2", "cannot be opened safely"))
+    os.symlink(victim, plant("tmp.0000000000000000a2", "temp entry is not a regular file"))
     os.link(victim, plant("0000000000000000a3", "more than one hard link"))
     os.mkfifo(plant("0000000000000000a4", "not a regular file"))
     os.mkfifo(plant("tmp.0000000000000000a5", "not a regular file"))
