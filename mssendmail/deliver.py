@@ -9,6 +9,7 @@ through the Context, so tests control the clock.
 from __future__ import annotations
 
 import enum
+import fcntl
 import hashlib
 import logging
 import os
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mssendmail import meta, outcome, pause, record
 from mssendmail.claim import Claim, claim
@@ -36,9 +37,6 @@ from mssendmail.logs import kv
 from mssendmail.retry import backoff
 from mssendmail.spool import Spool
 from mssendmail.transports import Transport
-
-if TYPE_CHECKING:
-    from filelock import BaseFileLock
 
 log = logging.getLogger("mssendmail.deliver")
 
@@ -75,9 +73,11 @@ class MailboxGate:
     """Per-mailbox throttle pauses and in-flight limits.
 
     The limit holds across processes (the service plus an admin's --once):
-    a send first takes one of PER_MAILBOX_LIMIT lock files for its mailbox
-    in state/, through filelock; without a lock directory (unit tests) an
-    in-process semaphore does the same job.
+    a send first takes one of PER_MAILBOX_LIMIT flocked slot files for its
+    mailbox in state/. The files are opened once per process and locked
+    with fcntl directly: filelock's per-acquire bookkeeping cost the drain
+    benchmark ~1.4 ms of CPU per message. Without a lock directory (unit
+    tests) the in-process semaphore alone does the job.
     """
 
     def __init__(self, lock_dir: str | None = None) -> None:
@@ -85,6 +85,8 @@ class MailboxGate:
         self._lock = threading.Lock()
         self._until: dict[str, float] = {}
         self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._fds: dict[tuple[str, int], int] = {}
+        self._taken: set[tuple[str, int]] = set()
 
     def paused_until(self, mailbox: str) -> float:
         with self._lock:
@@ -105,24 +107,33 @@ class MailboxGate:
             if self.lock_dir is None:
                 yield
                 return
-            held = self._file_slot(mailbox)
+            taken = self._take_file_slot(mailbox)
             try:
                 yield
             finally:
-                held.release()
+                with self._lock:
+                    fcntl.flock(self._fds[taken], fcntl.LOCK_UN)
+                    self._taken.discard(taken)
 
-    def _file_slot(self, mailbox: str) -> BaseFileLock:
-        from filelock import FileLock, Timeout
-
+    def _take_file_slot(self, mailbox: str) -> tuple[str, int]:
         key = hashlib.sha256(mailbox.lower().encode()).hexdigest()[:16]
         while True:
-            for n in range(PER_MAILBOX_LIMIT):
-                lock = FileLock(os.path.join(self.lock_dir or "", f"slot-{key}-{n}.lock"))
-                try:
-                    lock.acquire(timeout=0)
-                except Timeout:
-                    continue
-                return lock
+            with self._lock:
+                for n in range(PER_MAILBOX_LIMIT):
+                    slot = (key, n)
+                    if slot in self._taken:
+                        continue  # one of our own threads has it
+                    fd = self._fds.get(slot)
+                    if fd is None:
+                        path = os.path.join(self.lock_dir or "", f"slot-{key}-{n}.lock")
+                        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                        fd = self._fds[slot] = os.open(path, flags, 0o660)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # another process has it
+                    self._taken.add(slot)
+                    return slot
             time.sleep(SLOT_POLL)  # all four taken by other processes
 
 
