@@ -181,3 +181,73 @@ def test_bad_secret_pauses_the_queue_and_dead_letters_nothing(setup: Path, fake:
     spool = Path(text.split("QUEUE_DIR=")[1].split("\n")[0])
     assert os.listdir(spool / "dead") == []
     assert len(os.listdir(spool / "queue")) == 1
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_t_bs_and_smtpd_reach_graph_byte_identical(setup: Path, fake: FakeGraph) -> None:
+    """The same message through -t, -bs and mssendmail-smtpd arrives at Graph
+    byte-identical, up to the Received: header the SMTP paths add."""
+    import smtplib
+
+    from tests.smtpwire import split_received
+
+    original = (
+        b"From: app@contoso.example\r\nTo: ops@example.org\r\nCc: cc@example.org\r\n"
+        b"Subject: same\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+        b"\r\n.leading dot\r\n8bit \xc3\xa4\r\n\r\nlast\r\n"
+    )
+    rcpts = ["ops@example.org", "cc@example.org"]
+    env = env_for(setup, fake)
+    sendmail(setup, fake, ["-t", "-i", "-f", "app@contoso.example"], original)
+    stuffed = original.replace(b"\r\n.", b"\r\n..")
+    session = b"HELO x\r\nMAIL FROM:<app@contoso.example>\r\n"
+    session += b"".join(b"RCPT TO:<%s>\r\n" % r.encode() for r in rcpts)
+    session += b"DATA\r\n" + stuffed + b".\r\nQUIT\r\n"
+    bs = subprocess.run(
+        [str(BIN / "mssendmail"), "-bs"], input=session, capture_output=True, env=env, timeout=30
+    )
+    assert b"queued as" in bs.stdout, bs.stdout
+    port = free_port()
+    daemon = subprocess.Popen(
+        [str(BIN / "mssendmail-smtpd")],
+        env={**env, "SMTPD_LISTEN": f"127.0.0.1:{port}"},
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(100):
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                    smtp.sendmail("app@contoso.example", rcpts, original)
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("mssendmail-smtpd did not start")
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=20)
+    result = worker_once(setup, fake)
+    assert result.returncode == 0, result.stderr
+    assert len(fake.messages) == 3
+
+    def normalised(mime: bytes) -> bytes:
+        if mime.startswith(b"Received: "):
+            mime = split_received(mime)[1]
+        # Date and Message-ID were added per message by the worker.
+        lines = mime.split(b"\r\n")
+        return b"\r\n".join(
+            line for line in lines if not line.startswith((b"Date: ", b"Message-ID: "))
+        )
+
+    arrived = [normalised(m.mime or b"") for m in fake.messages]
+    assert arrived[0] == arrived[1] == arrived[2]
+    assert sum(m.mime.count(b"Received: from ") for m in fake.messages if m.mime) == 2
+    assert {m.mailbox for m in fake.messages} == {"app@contoso.example"}
