@@ -196,6 +196,10 @@ install_venv() {
 	fi
 	usable_by_everyone ||
 		die 69 "$VENV/bin/python -> $(readlink -f "$VENV/bin/python") cannot be run by other users, so they could not submit mail; rerun with PYTHON=/usr/bin/python3"
+	# A current pip writes console-script wrappers that do not import `re`:
+	# ~10 ms less for every mail submitted. Best effort: an old pip still works.
+	"$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade pip ||
+		say "could not upgrade pip in $VENV; submission will be ~10 ms slower"
 	# Reinstall the package itself every time (an upgrade may keep the version
 	# number); its dependencies only when missing or too old.
 	"$VENV/bin/pip" install --quiet --disable-pip-version-check "$SOURCE" ||
