@@ -21,6 +21,7 @@ import os
 import pwd
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mssendmail import record
@@ -62,14 +63,27 @@ class Staged:
     source_fd: int
 
 
-def pickup(
-    spool: Spool, max_size: int, now: float | None = None, limit: int | None = None
-) -> list[str]:
-    """Ingest complete submissions (at most `limit`); returns the new ids, oldest first."""
+def listing(spool: Spool) -> list[str]:
+    """maildrop/ entries, oldest first (ids sort by time)."""
     try:
-        names = sorted(os.listdir(spool.dir(MAILDROP)))
+        return sorted(os.listdir(spool.dir(MAILDROP)))
     except FileNotFoundError:
         return []
+
+
+def pickup(
+    spool: Spool,
+    max_size: int,
+    now: float | None = None,
+    limit: int | None = None,
+    names: Iterable[str] | None = None,
+) -> list[str]:
+    """Ingest complete submissions (at most `limit`); returns the new ids, oldest first.
+
+    `names` lets a caller with a big backlog list maildrop/ once and hand
+    it out in batches, instead of listing it again for every batch.
+    """
+    names = listing(spool) if names is None else names
     staged: list[Staged] = []
     try:
         for name in names:

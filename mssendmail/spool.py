@@ -115,8 +115,12 @@ def syncfs(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o640) -> None:
-    """Write a small file by temp + fsync + rename + directory fsync."""
+def write_atomic(path: str, data: bytes, mode: int = 0o640, durable: bool = True) -> None:
+    """Write a small file by temp + fsync + rename + directory fsync.
+
+    durable=False skips both fsyncs: the file is still whole or absent after
+    kill -9 (the page cache survives a process), only a power cut may lose it.
+    """
     directory, name = os.path.split(path)
     # Unique per call: threads of one worker may write the same file at once.
     tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}")
@@ -128,14 +132,16 @@ def write_atomic(path: str, data: bytes, mode: int = 0o640) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         unlink_quiet(tmp)
         raise
     os.close(fd)
     os.rename(tmp, path)
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
 # An unlocked, empty temp file may belong to a writer between open() and flock().

@@ -49,7 +49,7 @@ from mssendmail import __version__, config, logs, outcome, pause
 from mssendmail.claim import recover
 from mssendmail.deliver import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.errors import ConfigError, MssendmailError, exit_code
-from mssendmail.pickup import pickup
+from mssendmail.pickup import listing, pickup
 from mssendmail.spool import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
 from mssendmail.transports import from_config
 
@@ -86,8 +86,9 @@ class Worker:
         self.last_recover = 0.0
         self.stall_until = 0.0
         self.triggered = True
-        self.last_pickup = 0.0
-        self.more_in_maildrop = False
+        self.last_listing = 0.0
+        self.backlog: collections.deque[str] = collections.deque()
+        self.pending_ids: set[str] = set()
         self.outcomes: dict[Outcome, int] = {o: 0 for o in Outcome}
         self.network_failures = 0
 
@@ -128,15 +129,19 @@ class Worker:
     # -- scheduling -----------------------------------------------------
     def due(self, now: float) -> list[tuple[str, str]]:
         """(id, area) of every message that may be tried now, oldest first."""
-        items = [(qid, QUEUE) for qid in self.spool.ids(QUEUE)]
+        items = [(qid, QUEUE) for qid in self.spool.ids(QUEUE)] + self.due_deferred(now)
+        items.sort()
+        return [item for item in items if item[0] not in self.inflight]
+
+    def due_deferred(self, now: float) -> list[tuple[str, str]]:
+        items = []
         for qid in self.spool.ids(DEFERRED):
             try:
                 if os.stat(self.spool.path(DEFERRED, qid)).st_mtime <= now:
                     items.append((qid, DEFERRED))
             except FileNotFoundError:
                 continue
-        items.sort()
-        return [item for item in items if item[0] not in self.inflight]
+        return items
 
     def flush_deferred(self, now: float) -> None:
         """sendmail -q: make deferred mail due now, at most once a minute."""
@@ -151,16 +156,31 @@ class Worker:
         log.info(logs.kv(event="flush"))
 
     def refill(self, now: float) -> None:
-        """Rescan the queue when the pending list ran dry or is a second old."""
-        if not self.pending or now - self.last_scan >= RESCAN_SECONDS:
+        """Fill the send list: a full scan when it ran dry, else due deferred mail.
+
+        queue/ is listed only when the list is empty; a big backlog would
+        otherwise cost a listing of every queued file each second.
+        """
+        if not self.pending:
             self.pending = collections.deque(self.due(now))
+            self.pending_ids = {qid for qid, _ in self.pending}
             self.last_scan = now
+        elif now - self.last_scan >= RESCAN_SECONDS:
+            self.last_scan = now
+            self.add_pending(self.due_deferred(now))
+
+    def add_pending(self, items: list[tuple[str, str]]) -> None:
+        for item in items:
+            if item[0] not in self.pending_ids and item[0] not in self.inflight:
+                self.pending.append(item)
+                self.pending_ids.add(item[0])
 
     def dispatch(self) -> None:
         while self.pending and len(self.inflight) < self.concurrency:
             if self.stopping.is_set():
                 return
             qid, area = self.pending.popleft()
+            self.pending_ids.discard(qid)
             if qid not in self.inflight:
                 self.inflight[qid] = self.pool.submit(self._run_one, qid, area)
 
@@ -219,30 +239,36 @@ class Worker:
         """One round of pickup and dispatch; True if anything is (still) to do."""
         now = self.ctx.now()
         self.reap()
-        picked: list[str] = []
-        if self.pickup_wanted(now):
-            picked = pickup(self.spool, self.ctx.cfg.max_message_size, limit=PICKUP_BATCH)
-            self.last_pickup = now
-            self.more_in_maildrop = len(picked) >= PICKUP_BATCH
-            self.pending.extend((qid, QUEUE) for qid in picked)
+        picked = self.pickup_round(now)
         if pause.queue_paused_until(self.spool) > now or self.stall_until > now:
             return bool(self.inflight) or (not self.once and self.stall_until > now)
         self.refill(now)
         self.dispatch()
-        return bool(self.pending or self.inflight or picked)
+        return bool(self.pending or self.inflight or picked or self.backlog)
 
-    def pickup_wanted(self, now: float) -> bool:
-        """Listing maildrop/ costs O(its size); do it only when it can pay off.
+    def pickup_round(self, now: float) -> list[str]:
+        """Ingest the next batch from maildrop/.
 
-        That is: a trigger arrived, a second has passed, or the last round
-        filled its batch and the send queue is running low. Listing on every
-        finished send made a 10,000-message backlog quadratic.
+        Listing maildrop/ costs O(its size), so it is listed once into a
+        backlog that is handed out a batch at a time whenever the send list
+        runs low; it is listed again only when the backlog is used up and a
+        trigger arrived, a second passed, or the worker is idle.
         """
-        idle = not self.pending and not self.inflight
-        if idle or self.triggered or now - self.last_pickup >= RESCAN_SECONDS:
+        if not self.backlog:
+            idle = not self.pending and not self.inflight
+            if not (idle or self.triggered or now - self.last_listing >= RESCAN_SECONDS):
+                return []
             self.triggered = False
-            return True
-        return self.more_in_maildrop and len(self.pending) < PICKUP_BATCH
+            self.last_listing = now
+            self.backlog = collections.deque(listing(self.spool))
+        elif len(self.pending) >= PICKUP_BATCH:
+            return []
+        batch = [self.backlog.popleft() for _ in range(min(PICKUP_BATCH, len(self.backlog)))]
+        if not batch:
+            return []
+        picked = pickup(self.spool, self.ctx.cfg.max_message_size, names=batch)
+        self.add_pending([(qid, QUEUE) for qid in picked])
+        return picked
 
     def run_service(self) -> int:
         self.open_trigger()
@@ -273,7 +299,7 @@ class Worker:
         while not self.stopping.is_set():
             if not self.step():
                 break
-            if len(self.inflight) >= self.concurrency or not self.pending:
+            if len(self.inflight) >= self.concurrency or not (self.pending or self.backlog):
                 self.wait(0.05)
         self.drain_inflight()
         self.sweep(self.ctx.now())

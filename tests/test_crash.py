@@ -286,8 +286,8 @@ def sent(spool, held, info):
         os.kill(os.getpid(), signal.SIGKILL)  # Graph said 202; nothing recorded yet
     return real_sent(spool, held, info)
 
-def write_atomic(path, data, mode=0o640):
-    real_write(path, data, mode)
+def write_atomic(path, data, mode=0o640, **kw):
+    real_write(path, data, mode, **kw)
     if point == "after-sent-record" and path.endswith(f"/{victim}.json") and "/sent/" in path:
         os.kill(os.getpid(), signal.SIGKILL)  # recorded, message still in active/
 
@@ -341,7 +341,16 @@ def fsync(fd):
         os.kill(os.getpid(), signal.SIGKILL)  # the temp file is written, not yet renamed
     return real_fsync(fd)
 
+real_rename = os.rename
+
+
+def rename(src, dst, *args, **kwargs):
+    if f"/{where}/tmp." in str(src):
+        os.kill(os.getpid(), signal.SIGKILL)  # sent records are not fsynced: kill at the rename
+    return real_rename(src, dst, *args, **kwargs)
+
 os.fsync = fsync
+os.rename = rename
 from mssendmail.worker import main
 sys.argv = ["mssendmail-worker", "--once"]
 sys.exit(main())
