@@ -80,8 +80,11 @@ class MailboxGate:
     tests) the in-process semaphore alone does the job.
     """
 
-    def __init__(self, lock_dir: str | None = None) -> None:
+    def __init__(self, lock_dir: str | None = None, in_flight: int | None = None) -> None:
         self.lock_dir = lock_dir
+        # CONCURRENCY caps requests in flight; the worker runs a few more
+        # threads so claim/verify/prepare overlap with the network.
+        self._in_flight = threading.BoundedSemaphore(in_flight) if in_flight else None
         self._lock = threading.Lock()
         self._until: dict[str, float] = {}
         self._slots: dict[str, threading.BoundedSemaphore] = {}
@@ -104,16 +107,18 @@ class MailboxGate:
                 mailbox.lower(), threading.BoundedSemaphore(PER_MAILBOX_LIMIT)
             )
         with sem:
-            if self.lock_dir is None:
-                yield
-                return
-            taken = self._take_file_slot(mailbox)
+            taken = self._take_file_slot(mailbox) if self.lock_dir is not None else None
             try:
-                yield
+                if self._in_flight is None:
+                    yield
+                else:
+                    with self._in_flight:
+                        yield
             finally:
-                with self._lock:
-                    fcntl.flock(self._fds[taken], fcntl.LOCK_UN)
-                    self._taken.discard(taken)
+                if taken is not None:
+                    with self._lock:
+                        fcntl.flock(self._fds[taken], fcntl.LOCK_UN)
+                        self._taken.discard(taken)
 
     def _take_file_slot(self, mailbox: str) -> tuple[str, int]:
         key = hashlib.sha256(mailbox.lower().encode()).hexdigest()[:16]

@@ -56,6 +56,7 @@ from mssendmail.transports import from_config
 log = logging.getLogger("mssendmail.worker")
 
 RESCAN_SECONDS = 1.0
+PREPARE_AHEAD = 2  # threads beyond CONCURRENCY that prepare while others wait on Graph
 PICKUP_BATCH = 64  # small rounds keep dispatch going while a big maildrop/ drains
 HEARTBEAT_FILE = "heartbeat.json"
 FLUSH_MIN_INTERVAL = 60.0
@@ -72,7 +73,10 @@ class Worker:
         self.spool = ctx.spool
         self.once = once
         self.concurrency = concurrency
-        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
+        # More threads than requests in flight: while CONCURRENCY requests wait
+        # on Graph, the others claim, verify and prepare the next messages.
+        self.threads = concurrency + PREPARE_AHEAD
+        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="send")
         self.inflight: dict[str, Future[Outcome]] = {}
         self.pending: collections.deque[tuple[str, str]] = collections.deque()
         self.last_scan = 0.0
@@ -176,7 +180,7 @@ class Worker:
                 self.pending_ids.add(item[0])
 
     def dispatch(self) -> None:
-        while self.pending and len(self.inflight) < self.concurrency:
+        while self.pending and len(self.inflight) < self.threads:
             if self.stopping.is_set():
                 return
             qid, area = self.pending.popleft()
@@ -280,7 +284,7 @@ class Worker:
                 self.last_recover = now
                 self.housekeeping(now)
             busy = self.step()
-            full = len(self.inflight) >= self.concurrency
+            full = len(self.inflight) >= self.threads
             if self.wait(RESCAN_SECONDS if (full or not busy) else 0.0):
                 self.flush_deferred(self.ctx.now())
         self.drain_inflight()
@@ -299,7 +303,7 @@ class Worker:
         while not self.stopping.is_set():
             if not self.step():
                 break
-            if len(self.inflight) >= self.concurrency or not (self.pending or self.backlog):
+            if len(self.inflight) >= self.threads or not (self.pending or self.backlog):
                 self.wait(0.05)
         self.drain_inflight()
         self.sweep(self.ctx.now())
@@ -319,7 +323,7 @@ def build_context(cfg: config.Config) -> Context:
     spool = Spool(cfg.queue_dir)
     transport = from_config(cfg)
     return Context(
-        gate=MailboxGate(spool.dir(STATE)),
+        gate=MailboxGate(spool.dir(STATE), in_flight=cfg.integer("CONCURRENCY")),
         spool=spool,
         cfg=cfg,
         transport=transport,

@@ -89,3 +89,27 @@ def test_file_slots_hold_the_limit_across_gates(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert peak == PER_MAILBOX_LIMIT
+
+
+def test_in_flight_cap_holds_across_mailboxes() -> None:
+    gate = MailboxGate(in_flight=2)
+    inside = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def work(mailbox: str) -> None:
+        nonlocal inside, peak
+        with gate.slot(mailbox):
+            with lock:
+                inside += 1
+                peak = max(peak, inside)
+            time.sleep(0.03)
+            with lock:
+                inside -= 1
+
+    threads = [threading.Thread(target=work, args=(f"m{i}@x",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak == 2
