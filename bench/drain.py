@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from mssendmail.spool import Spool, init_tree  # noqa: E402
 from mssendmail.submit import Submission, make_envelope  # noqa: E402
+from tests.fakegraph import spawn  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BODY = (b"x" * 76 + b"\n") * 52  # ~4 KB with headers
@@ -44,26 +45,7 @@ def fill(spool: Spool, count: int) -> None:
 
 
 def start_fake(work: Path, latency: float) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.fakegraph",
-            "--cert-dir",
-            str(work / "fake"),
-            "--out-dir",
-            str(work / "fake-out"),
-            "--no-store",
-            "--latency",
-            str(latency),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    info: dict[str, str] = json.loads(proc.stdout.readline())
-    return proc, info
+    return spawn(work, "--latency", str(latency))
 
 
 def peak_rss_kb(pid: int) -> int:

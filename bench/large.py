@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from mssendmail.spool import Spool, init_tree  # noqa: E402
 from mssendmail.submit import Submission, make_envelope  # noqa: E402
+from tests.fakegraph import spawn  # noqa: E402
 from tests.fakegraph_large import FilePart, make_message, run_measured  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -54,26 +55,7 @@ def files_for(size_mb: int) -> list[FilePart]:
 
 
 def start_fake(work: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.fakegraph",
-            "--cert-dir",
-            str(work / "fake"),
-            "--out-dir",
-            str(work / "fake-out"),
-            "--no-store",
-            "--roles",
-            "Mail.Send,Mail.ReadWrite",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    info: dict[str, str] = json.loads(proc.stdout.readline())
-    return proc, info
+    return spawn(work, "--roles", "Mail.Send,Mail.ReadWrite")
 
 
 def run(size_mb: int, crlf: bool) -> dict[str, object]:

@@ -69,6 +69,8 @@ import signal
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -882,6 +884,34 @@ def fake_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake
     """A running fake; REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE point at its CA."""
     with running(tmp_path / "fakegraph", monkeypatch) as fake:
         yield fake
+
+
+def spawn(work: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """Start the standalone fake as a child process (for bench/); (process, its info line).
+
+    It keeps certificates in work/fake and its JSONL logs in work/fake-out,
+    and stores no message bodies.
+    """
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fakegraph",
+            "--cert-dir",
+            str(work / "fake"),
+            "--out-dir",
+            str(work / "fake-out"),
+            "--no-store",
+            *args,
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    info: dict[str, str] = json.loads(proc.stdout.readline())
+    return proc, info
 
 
 def main(argv: list[str] | None = None) -> int:
