@@ -65,6 +65,9 @@ def drain(count: int, latency: float) -> dict[str, float]:
         t0 = time.monotonic()
         fill(Spool(str(work / "queue")), count)
         fill_s = time.monotonic() - t0
+        # Start from a clean page cache: the fill's own writeback would
+        # otherwise land in the middle of the drain's fsyncs.
+        os.sync()
         fake, info = start_fake(work, latency)
         try:
             cfg = work / "bench.env"
