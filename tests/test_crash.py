@@ -292,6 +292,10 @@ def write_atomic(path, data, mode=0o640, **kw):
         os.kill(os.getpid(), signal.SIGKILL)  # recorded, message still in active/
 
 outcome.sent, outcome.write_atomic = sent, write_atomic
+import mssendmail.worker as worker_mod
+# One thread, one message in flight: only the victim can be in the 202 window
+# (extra preparing threads could put a second message there at the kill).
+worker_mod.PREPARE_AHEAD = 0
 from mssendmail.worker import main
 sys.argv = ["mssendmail-worker", "--once"]
 sys.exit(main())
