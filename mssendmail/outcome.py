@@ -41,8 +41,7 @@ def sent(spool: Spool, held: Claim, info: dict[str, Any]) -> None:
     # message reappears in active/, and the durable sent record above makes
     # the next attempt finish the cleanup instead of sending again.
     os.unlink(spool.path(held.area, held.queue_id))
-    if meta.exists(spool, held.queue_id):
-        meta.remove(spool, held.queue_id)
+    meta.remove(spool, held.queue_id)
     held.release()
 
 

@@ -72,7 +72,6 @@ class Worker:
         self.ctx = ctx
         self.spool = ctx.spool
         self.once = once
-        self.concurrency = concurrency
         # More threads than requests in flight: while CONCURRENCY requests wait
         # on Graph, the others claim, verify and prepare the next messages.
         self.threads = concurrency + PREPARE_AHEAD
