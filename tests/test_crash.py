@@ -27,6 +27,7 @@ sent record, which random kills hit only rarely.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import random
 import re
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail import record
+from mssendmail import outcome, record
 from mssendmail.spool import ACTIVE, MAILDROP, SENT, Spool
 from tests.reliability_helpers import (
     MSSENDMAIL,
@@ -279,19 +280,21 @@ HARNESS = """
 import os, signal, sys
 import mssendmail.outcome as outcome
 point, victim = sys.argv[1], sys.argv[2]
-real_sent, real_write = outcome.sent, outcome.write_atomic
+real_sent, real_rewrite = outcome.sent, outcome._rewrite_parked
 
 def sent(spool, held, info):
     if held.queue_id == victim and point == "after-202":
         os.kill(os.getpid(), signal.SIGKILL)  # Graph said 202; nothing recorded yet
     return real_sent(spool, held, info)
 
-def write_atomic(path, data, mode=0o640, **kw):
-    real_write(path, data, mode, **kw)
-    if point == "after-sent-record" and path.endswith(f"/{victim}.json") and "/sent/" in path:
-        os.kill(os.getpid(), signal.SIGKILL)  # recorded, message still in active/
+def rewrite(spool, queue_id, record):
+    if queue_id == victim and point == "in-sent-record":
+        os.kill(os.getpid(), signal.SIGKILL)  # moved to sent/, record not yet written
+    real_rewrite(spool, queue_id, record)
+    if queue_id == victim and point == "after-sent-record":
+        os.kill(os.getpid(), signal.SIGKILL)  # recorded; meta and claim not yet cleaned
 
-outcome.sent, outcome.write_atomic = sent, write_atomic
+outcome.sent, outcome._rewrite_parked = sent, rewrite
 import mssendmail.worker as worker_mod
 # One thread, one message in flight: only the victim can be in the 202 window
 # (extra preparing threads could put a second message there at the kill).
@@ -302,7 +305,9 @@ sys.exit(main())
 """
 
 
-@pytest.mark.parametrize(("point", "expected"), [("after-202", 2), ("after-sent-record", 1)])
+@pytest.mark.parametrize(
+    ("point", "expected"), [("after-202", 2), ("in-sent-record", 1), ("after-sent-record", 1)]
+)
 def test_crash_points_around_the_sent_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str, expected: int
 ) -> None:
@@ -319,8 +324,13 @@ def test_crash_points_around_the_sent_record(
             timeout=60,
         )
         assert killed.returncode == -signal.SIGKILL, killed.stderr
-        assert os.listdir(spool.dir(ACTIVE)) == [victim]
-        assert os.path.exists(spool.sent_path(victim)) == (point == "after-sent-record")
+        if point == "after-202":
+            assert os.listdir(spool.dir(ACTIVE)) == [victim]
+            assert not outcome.already_sent(spool, victim)
+        else:
+            assert os.listdir(spool.dir(ACTIVE)) == []
+            assert os.path.exists(spool.sent_path(victim)) == (point == "after-sent-record")
+            assert os.path.lexists(spool.path(SENT, victim)) == (point == "in-sent-record")
         result = run_worker(cfg, fake)
         assert result.returncode == 0, result.stderr
         assert_no_traceback(killed.stderr, result.stderr)
@@ -328,7 +338,10 @@ def test_crash_points_around_the_sent_record(
     assert got == {"crashB-0": 1, "crashB-1": expected, "crashB-2": 1}
     areas = message_areas(Path(spool.root))
     assert areas == {a: [] for a in areas}
+    # The worker's housekeeping turns a half-made record into a whole one.
     assert sorted(os.listdir(spool.dir(SENT))) == sorted(f"{i}.json" for i in ids)
+    record = json.loads(Path(spool.sent_path(victim)).read_text())
+    assert record["id"] == victim
 
 
 KILL_IN_FSYNC = """
@@ -350,7 +363,7 @@ real_rename = os.rename
 
 def rename(src, dst, *args, **kwargs):
     if f"/{where}/tmp." in str(src):
-        os.kill(os.getpid(), signal.SIGKILL)  # sent records are not fsynced: kill at the rename
+        os.kill(os.getpid(), signal.SIGKILL)  # a temp file that is not fsynced: kill at the rename
     return real_rename(src, dst, *args, **kwargs)
 
 os.fsync = fsync
@@ -361,7 +374,9 @@ sys.exit(main())
 """
 
 
-@pytest.mark.parametrize("where", ["queue", "sent"])
+# sent/ has no temp files: a record is the message's own inode (see the
+# in-sent-record crash point above).
+@pytest.mark.parametrize("where", ["queue"])
 def test_temp_files_of_a_killed_worker_are_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:

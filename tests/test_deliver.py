@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mssendmail import meta, pause
+from mssendmail import meta, outcome, pause
 from mssendmail.config import Config
 from mssendmail.deliver import Context, Outcome, Policy, deliver
 from mssendmail.errors import (
@@ -23,7 +23,7 @@ from mssendmail.errors import (
     Throttled,
 )
 from mssendmail.pickup import pickup
-from mssendmail.spool import ACTIVE, DEAD, DEFERRED, QUEUE, Spool
+from mssendmail.spool import ACTIVE, DEAD, DEFERRED, QUEUE, SENT, Spool
 from mssendmail.submit import Submission, make_envelope
 from mssendmail.transports import Delivered
 
@@ -89,6 +89,33 @@ def test_success_writes_sent_record_and_removes_message(spool: Spool) -> None:
     for area in (QUEUE, ACTIVE, DEFERRED, DEAD):
         assert spool.ids(area) == []
     assert not meta.exists(spool, qid)
+
+
+def test_sent_record_reuses_the_message_file_and_drops_the_body(spool: Spool) -> None:
+    qid = queue_one(spool, b"Subject: hi\n\n" + b"secret body\n" * 100)
+    inode = os.stat(spool.path(QUEUE, qid)).st_ino
+    assert deliver(make_ctx(spool, Scripted(), Clock()), qid, QUEUE) is Outcome.SENT
+    st = os.stat(spool.sent_path(qid))
+    assert st.st_ino == inode  # no new file, no unlink: see outcome.sent
+    assert b"secret body" not in Path(spool.sent_path(qid)).read_bytes()
+    assert os.listdir(spool.dir(SENT)) == [f"{qid}.json"]
+
+
+@pytest.mark.parametrize("left", ["message", "empty", "record"])
+def test_sweep_sent_finishes_a_record_a_crash_left_half_made(spool: Spool, left: str) -> None:
+    qid = queue_one(spool)
+    parked = Path(spool.path(SENT, qid))
+    os.rename(spool.path(QUEUE, qid), parked)
+    if left == "empty":
+        parked.write_bytes(b"")
+    elif left == "record":
+        parked.write_text(json.dumps({"id": qid, "request_id": "req-9"}))
+    assert deliver(make_ctx(spool, Scripted(), Clock()), qid, QUEUE) is Outcome.SKIPPED
+    outcome.sweep_sent(spool, T0)
+    assert os.listdir(spool.dir(SENT)) == [f"{qid}.json"]
+    record = json.loads(Path(spool.sent_path(qid)).read_text())
+    assert record["id"] == qid
+    assert ("request_id" in record) == (left == "record")  # a whole record is kept as is
 
 
 def test_temporary_failure_defers_with_backoff_on_disk(spool: Spool) -> None:
