@@ -215,12 +215,14 @@ class Spool:
 
     def __init__(self, root: str) -> None:
         self.root = root
+        # Plain concatenation: os.path.join was 5% of the worker's Python time.
+        self._prefix = os.path.join(root, "")
 
     def dir(self, area: str) -> str:
-        return os.path.join(self.root, area)
+        return self._prefix + area
 
     def path(self, area: str, name: str) -> str:
-        return os.path.join(self.root, area, name)
+        return f"{self._prefix}{area}/{name}"
 
     @property
     def trigger_path(self) -> str:
