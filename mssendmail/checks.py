@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mssendmail import meta, pause
+from mssendmail import affinity, meta, pause
 from mssendmail.config import Config, load
 from mssendmail.errors import MssendmailError
 from mssendmail.listing import printable
@@ -125,6 +125,7 @@ def check_config(cfg: Config) -> Result:
             cfg.seconds(key)
         cfg.integer("CONCURRENCY")
         cfg.optional_int("MAX_ATTEMPTS")
+        affinity.choose(cfg.get("WORKER_CPU"), os.sched_getaffinity(0), None)
     except MssendmailError as exc:
         return Result(FAIL, name, f"{cfg.path}: {exc}")
     unknown = cfg.unknown_keys()

@@ -53,6 +53,7 @@ DEFAULTS: dict[str, str] = {
     "TRANSPORT": "graph",
     "OUTBOX_DIR": "",
     "CONCURRENCY": "4",
+    "WORKER_CPU": "auto",
     "RETRY_MIN": "60s",
     "RETRY_MAX": "1h",
     "MAX_AGE": "5d",

@@ -45,7 +45,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from mssendmail import __version__, config, logs, outcome, pause
+from mssendmail import __version__, affinity, config, logs, outcome, pause
 from mssendmail.claim import recover
 from mssendmail.deliver import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.errors import ConfigError, MssendmailError, exit_code
@@ -373,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         from mssendmail.prepare import policy_for
 
         policy_for(cfg)  # SENDER, ALLOWED_FROM, ALIASES: fail now (78), not per message
+        cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
         ctx = build_context(cfg)
         worker = Worker(ctx, concurrency, args.once)
     except MssendmailError as exc:
@@ -398,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             version=__version__,
             mode="once" if args.once else "service",
             concurrency=concurrency,
+            cpu="all" if cpu is None else cpu,
             transport=cfg.get("TRANSPORT"),
         )
     )
