@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mssendmail import logs
@@ -33,27 +35,38 @@ def test_log_file_is_reopened_after_logrotate_moves_it(tmp_path: Path) -> None:
     assert "event=after" not in (tmp_path / "mssendmail.log.1").read_text()
 
 
-def test_gate_never_lets_more_than_four_in_per_mailbox() -> None:
-    gate = MailboxGate()
-    inside = {"a@x": 0, "b@x": 0}
-    peak = {"a@x": 0, "b@x": 0}
+def peak_inside(
+    entries: list[tuple[MailboxGate, str]], hold: float, group: Callable[[str], str] = str
+) -> collections.Counter[str]:
+    """One thread per (gate, mailbox) holds gate.slot(mailbox) for `hold` seconds.
+
+    Returns the most threads that were inside at once, per group(mailbox).
+    """
+    inside: collections.Counter[str] = collections.Counter()
+    peak: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
 
-    def work(mailbox: str) -> None:
-        key = mailbox.lower()
+    def work(gate: MailboxGate, mailbox: str) -> None:
+        key = group(mailbox)
         with gate.slot(mailbox):
             with lock:
                 inside[key] += 1
                 peak[key] = max(peak[key], inside[key])
-            time.sleep(0.02)
+            time.sleep(hold)
             with lock:
                 inside[key] -= 1
 
-    threads = [threading.Thread(target=work, args=(m,)) for m in ["a@x", "A@X", "b@x"] * 6]
+    threads = [threading.Thread(target=work, args=entry) for entry in entries]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return peak
+
+
+def test_gate_never_lets_more_than_four_in_per_mailbox() -> None:
+    gate = MailboxGate()
+    peak = peak_inside([(gate, m) for m in ["a@x", "A@X", "b@x"] * 6], 0.02, group=str.lower)
     assert peak["a@x"] == PER_MAILBOX_LIMIT  # case-insensitive: A@X shares a@x's slots
     assert 1 <= peak["b@x"] <= PER_MAILBOX_LIMIT
 
@@ -69,47 +82,11 @@ def test_gate_pause_only_extends() -> None:
 def test_file_slots_hold_the_limit_across_gates(tmp_path: Path) -> None:
     """Two gates on one lock directory stand for two worker processes."""
     gates = [MailboxGate(str(tmp_path)), MailboxGate(str(tmp_path))]
-    inside = 0
-    peak = 0
-    lock = threading.Lock()
-
-    def work(gate: MailboxGate) -> None:
-        nonlocal inside, peak
-        with gate.slot("relay@x"):
-            with lock:
-                inside += 1
-                peak = max(peak, inside)
-            time.sleep(0.05)
-            with lock:
-                inside -= 1
-
-    threads = [threading.Thread(target=work, args=(gates[i % 2],)) for i in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert peak == PER_MAILBOX_LIMIT
+    peak = peak_inside([(gates[i % 2], "relay@x") for i in range(12)], 0.05)
+    assert peak["relay@x"] == PER_MAILBOX_LIMIT
 
 
 def test_in_flight_cap_holds_across_mailboxes() -> None:
     gate = MailboxGate(in_flight=2)
-    inside = 0
-    peak = 0
-    lock = threading.Lock()
-
-    def work(mailbox: str) -> None:
-        nonlocal inside, peak
-        with gate.slot(mailbox):
-            with lock:
-                inside += 1
-                peak = max(peak, inside)
-            time.sleep(0.03)
-            with lock:
-                inside -= 1
-
-    threads = [threading.Thread(target=work, args=(f"m{i}@x",)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert peak == 2
+    peak = peak_inside([(gate, f"m{i}@x") for i in range(8)], 0.03, group=lambda m: "all")
+    assert peak["all"] == 2
