@@ -115,12 +115,8 @@ def syncfs(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o640, durable: bool = True) -> None:
-    """Write a small file by temp + fsync + rename + directory fsync.
-
-    durable=False skips both fsyncs: the file is still whole or absent after
-    kill -9 (the page cache survives a process), only a power cut may lose it.
-    """
+def write_atomic(path: str, data: bytes, mode: int = 0o640) -> None:
+    """Write a small file by temp + fsync + rename + directory fsync."""
     directory, name = os.path.split(path)
     # Unique per call: threads of one worker may write the same file at once.
     tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}")
@@ -132,16 +128,14 @@ def write_atomic(path: str, data: bytes, mode: int = 0o640, durable: bool = True
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        if durable:
-            os.fsync(fd)
+        os.fsync(fd)
     except BaseException:
         os.close(fd)
         unlink_quiet(tmp)
         raise
     os.close(fd)
     os.rename(tmp, path)
-    if durable:
-        fsync_dir(directory)
+    fsync_dir(directory)
 
 
 # An unlocked, empty temp file may belong to a writer between open() and flock().
@@ -243,7 +237,8 @@ class Spool:
         """The one state transition: rename, then make both directories durable.
 
         durable=False is only for moves whose loss in a crash is harmless:
-        queue/ -> active/ (a claim; recovery puts active/ back into queue/).
+        queue/ -> active/ (a claim; recovery puts active/ back into queue/)
+        and active/ -> sent/ after a send (a power cut may resend, never lose).
         """
         os.rename(self.path(old, queue_id), self.path(new, new_name or queue_id))
         if durable:
