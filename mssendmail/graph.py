@@ -46,6 +46,7 @@ from mssendmail.transports import Delivered
 MAX_SENDMAIL_BODY = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 DEFAULT_TIMEOUT = 120.0
+USER_AGENT = "mssendmail"
 
 
 class Tokens(Protocol):
@@ -81,7 +82,7 @@ class GraphTransport:
             pool_connections=2, pool_maxsize=max(pool_size, 1), max_retries=0
         )
         self.session.mount("https://", self.adapter)
-        self.session.headers["User-Agent"] = "mssendmail"
+        self.session.headers["User-Agent"] = USER_AGENT
         # Read the environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE,
         # ~/.netrc) once: with trust_env requests re-reads it on every
         # request, a third of the worker's CPU per message in bench/drain.
@@ -152,7 +153,7 @@ class GraphTransport:
             url=url,
             data=body,
             headers={
-                "User-Agent": "mssendmail",
+                "User-Agent": USER_AGENT,
                 "Authorization": f"Bearer {token}",
                 "Content-Type": "text/plain",
                 "client-request-id": str(uuid.uuid4()),
