@@ -31,7 +31,7 @@ OPTIONAL_GLUED = 2  # optional, and only glued (-q30m)
 IGNORED = "ignored"
 
 # letter: (argument kind, action, what it means). Kept in one place so the
-# README table, --help and the parser cannot disagree.
+# docs/submission.md table, --help and the parser cannot disagree.
 FLAGS: dict[str, tuple[int, str, str]] = {
     "t": (NO_ARG, "extract", "recipients from To:, Cc:, Bcc:, added to argv recipients"),
     "i": (NO_ARG, "ignore_dots", 'a line holding only "." does not end the input'),

@@ -21,7 +21,7 @@ DESCRIPTION
     message being sent right now is refused with exit 75, try again.
     Listings sort by submission time, fit 80 columns and are colored only
     when stdout is a terminal and NO_COLOR is unset. --json prints one
-    object per line with the field names documented in the README.
+    object per line with the field names documented in docs/operations.md.
 
 SECURITY
     Reading the spool needs root or membership of group mssendmail; others

@@ -361,7 +361,7 @@ def test_logrotate_rotates_and_recreates_the_log() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-# --- config template and README --------------------------------------------
+# --- config template and docs ----------------------------------------------
 
 ENV_LINE = re.compile(r"^#?([A-Z][A-Z0-9_]*)=(.*)$")
 
@@ -395,15 +395,17 @@ def test_env_template_sets_nothing() -> None:
     assert config.parse_env_text(text) == {}
 
 
-def readme_section(name: str) -> str:
-    text = (REPO / "README.md").read_text()
+def doc_section(doc: str, name: str) -> str:
+    """The text between <!-- section: NAME --> markers of REPO/doc."""
+    text = (REPO / doc).read_text()
     match = re.search(rf"<!-- section: {name} -->(.*?)<!-- /section: {name} -->", text, re.S)
-    assert match, f"README section {name} missing"
+    assert match, f"{doc}: section {name} missing"
     return match.group(1)
 
 
-def test_readme_config_table_matches_defaults() -> None:
-    rows = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", readme_section("config"), re.M)
+def test_config_doc_table_matches_defaults() -> None:
+    section = doc_section("docs/configuration.md", "config")
+    rows = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", section, re.M)
     table = {key: default.strip() for key, default in rows}
     assert set(table) == set(config.DEFAULTS)
     for key, default in config.DEFAULTS.items():
@@ -412,7 +414,7 @@ def test_readme_config_table_matches_defaults() -> None:
 
 
 def test_readme_quickstart_is_the_two_commands() -> None:
-    block = re.search(r"```sh\n(.*?)```", readme_section("quickstart"), re.S)
+    block = re.search(r"```sh\n(.*?)```", doc_section("README.md", "quickstart"), re.S)
     assert block is not None
     commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
     assert commands == ["bash util/demo.sh", "bash .ci/run"]
