@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mssendmail.spool import Spool, init_tree  # noqa: E402
-from mssendmail.submit import Submission, make_envelope  # noqa: E402
+from mssendmail.spool.layout import Spool, init_tree  # noqa: E402
+from mssendmail.submission.writer import Submission, make_envelope  # noqa: E402
 from tests.fakegraph import spawn  # noqa: E402
 from tests.fakegraph_large import FilePart, make_message, run_measured  # noqa: E402
 

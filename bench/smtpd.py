@@ -31,8 +31,8 @@ import threading
 import time
 from pathlib import Path
 
-from mssendmail.record import verify
-from mssendmail.spool import MAILDROP, Spool, init_tree
+from mssendmail.spool.layout import MAILDROP, Spool, init_tree
+from mssendmail.spool.record import verify
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADING = "## SMTP listener"

@@ -39,7 +39,7 @@ MSSENDMAIL = str(VENV_BIN / "mssendmail")
 
 sys.path.insert(0, str(ROOT))
 from mssendmail import record  # noqa: E402
-from mssendmail.spool import MAILDROP, init_tree, is_id  # noqa: E402
+from mssendmail.spool.layout import MAILDROP, init_tree, is_id  # noqa: E402
 
 
 def message(size: int = 4096, marker: str = "bench") -> bytes:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail.spool import Spool, init_tree
+from mssendmail.spool.layout import Spool, init_tree
 
 
 @pytest.fixture

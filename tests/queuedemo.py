@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mssendmail import meta, outcome
-from mssendmail.claim import claim
-from mssendmail.pickup import pickup
-from mssendmail.spool import QUEUE, Spool
-from mssendmail.submit import Submission, make_envelope
+from mssendmail.delivery import outcome
+from mssendmail.delivery.pickup import pickup
+from mssendmail.spool import meta
+from mssendmail.spool.claim import claim
+from mssendmail.spool.layout import QUEUE, Spool
+from mssendmail.submission.writer import Submission, make_envelope
 
 
 def submit(

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from mssendmail.spool import Spool, init_tree
-from mssendmail.submit import Submission, make_envelope
+from mssendmail.spool.layout import Spool, init_tree
+from mssendmail.submission.writer import Submission, make_envelope
 from tests.fakegraph import FakeGraph
 
 BIN = Path(sys.executable).parent

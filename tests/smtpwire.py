@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mssendmail.record import read_message, verify
-from mssendmail.spool import MAILDROP, Spool
+from mssendmail.spool.layout import MAILDROP, Spool
+from mssendmail.spool.record import read_message, verify
 
 
 def bs_argv() -> list[str]:

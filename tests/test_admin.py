@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail import admin, meta, pause
-from mssendmail.claim import claim, lock
-from mssendmail.queue import main
-from mssendmail.spool import ACTIVE, DEAD, DEFERRED, HOLD, QUEUE, Spool
+from mssendmail.admin import actions as admin
+from mssendmail.admin.cli import main
+from mssendmail.spool import meta, pause
+from mssendmail.spool.claim import claim, lock
+from mssendmail.spool.layout import ACTIVE, DEAD, DEFERRED, HOLD, QUEUE, Spool
 from tests import queuedemo
 
 BIN = Path(sys.executable).parent
@@ -152,7 +153,7 @@ def test_delete_all_dead_and_older_than(spool: Spool, config_file: Path, clean_e
     for qid in old:
         queuedemo.bury(spool, qid)
     [keep] = queuedemo.queued(spool, 1)
-    from mssendmail.listing import collect
+    from mssendmail.admin.listing import collect
 
     assert main(["delete", "--older-than", "30d", "--yes", "--config", str(config_file)]) == 0
     assert sorted(spool.ids(DEAD)) == sorted(old)  # nothing was 30 days old

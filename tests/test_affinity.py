@@ -1,4 +1,4 @@
-"""WORKER_CPU: which CPU the worker keeps its threads on (mssendmail.affinity)."""
+"""WORKER_CPU: which CPU the worker keeps its threads on (mssendmail.delivery.affinity)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail.affinity import choose, current_cpu
+from mssendmail.delivery.affinity import choose, current_cpu
 from mssendmail.errors import ConfigError, exit_code
 from tests.reliability_helpers import WORKER
 
@@ -53,7 +53,7 @@ def test_apply_pins_threads_started_afterwards() -> None:
     code = textwrap.dedent(
         """
         import os, threading
-        from mssendmail.affinity import apply
+        from mssendmail.delivery.affinity import apply
         cpu = apply("auto")
         seen = []
         t = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))

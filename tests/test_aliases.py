@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail.aliases import AliasFile, Resolver, parse
+from mssendmail.delivery.aliases import AliasFile, Resolver, parse
 from mssendmail.errors import ConfigError
 
 ALIASES = """\
@@ -173,7 +173,7 @@ def test_alias_file_reloads_when_changed(tmp_path: Path) -> None:
 def test_alias_file_warnings_are_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "aliases"
     path.write_text("root: |/bin/cat, a@example.com\n")
-    with caplog.at_level(logging.WARNING, logger="mssendmail.aliases"):
+    with caplog.at_level(logging.WARNING, logger="mssendmail.delivery.aliases"):
         AliasFile(str(path)).table()
     assert "pipe to a command" in caplog.text and str(path) in caplog.text
 

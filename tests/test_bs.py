@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from smtpwire import Wire, bs_argv, maildrop_names, queued_id, read_record, split_received
 
-from mssendmail.spool import Spool
+from mssendmail.spool.layout import Spool
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail import checks, pause
-from mssendmail.queue import main
-from mssendmail.spool import STATE, Spool
+from mssendmail.admin import checks
+from mssendmail.admin.cli import main
+from mssendmail.spool import pause
+from mssendmail.spool.layout import STATE, Spool
 from tests.fakegraph import FakeGraph, running
 
 

@@ -6,10 +6,10 @@ import os
 import subprocess
 import sys
 
-from mssendmail.claim import claim, lock, recover
-from mssendmail.pickup import pickup
-from mssendmail.spool import ACTIVE, QUEUE, Spool
-from mssendmail.submit import Submission, make_envelope
+from mssendmail.delivery.pickup import pickup
+from mssendmail.spool.claim import claim, lock, recover
+from mssendmail.spool.layout import ACTIVE, QUEUE, Spool
+from mssendmail.submission.writer import Submission, make_envelope
 
 
 def queued(spool: Spool) -> str:
@@ -43,7 +43,8 @@ def test_recover_skips_live_claims(spool: Spool) -> None:
 def test_recover_returns_claims_of_dead_processes(spool: Spool) -> None:
     qid = queued(spool)
     code = (
-        "import os,sys; from mssendmail.spool import Spool; from mssendmail.claim import claim;"
+        "import os,sys; from mssendmail.spool.layout import Spool;"
+        " from mssendmail.spool.claim import claim;"
         f"c = claim(Spool({spool.root!r}), {qid!r}, 'queue'); assert c; os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,13 +6,6 @@ import json
 
 import pytest
 
-from mssendmail.classify import (
-    RETRY_AFTER_CAP,
-    classify_http,
-    classify_token_error,
-    graph_error,
-    parse_retry_after,
-)
 from mssendmail.errors import (
     ConfigurationFailure,
     DeliveryError,
@@ -20,6 +13,13 @@ from mssendmail.errors import (
     SlowDown,
     TemporaryFailure,
     Throttled,
+)
+from mssendmail.graph.classify import (
+    RETRY_AFTER_CAP,
+    classify_http,
+    classify_token_error,
+    graph_error,
+    parse_retry_after,
 )
 
 

@@ -41,8 +41,9 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail import outcome, record
-from mssendmail.spool import ACTIVE, MAILDROP, SENT, Spool
+from mssendmail.delivery import outcome
+from mssendmail.spool import record
+from mssendmail.spool.layout import ACTIVE, MAILDROP, SENT, Spool
 from tests.reliability_helpers import (
     MSSENDMAIL,
     RCPT,
@@ -278,7 +279,7 @@ def test_killing_workers_loses_nothing_and_resends_only_in_the_202_window(
 
 HARNESS = """
 import os, signal, sys
-import mssendmail.outcome as outcome
+import mssendmail.delivery.outcome as outcome
 point, victim = sys.argv[1], sys.argv[2]
 real_sent, real_rewrite = outcome.sent, outcome._rewrite_parked
 
@@ -295,11 +296,11 @@ def rewrite(spool, queue_id, record):
         os.kill(os.getpid(), signal.SIGKILL)  # recorded; meta and claim not yet cleaned
 
 outcome.sent, outcome._rewrite_parked = sent, rewrite
-import mssendmail.worker as worker_mod
+import mssendmail.delivery.worker as worker_mod
 # One thread, one message in flight: only the victim can be in the 202 window
 # (extra preparing threads could put a second message there at the kill).
 worker_mod.PREPARE_AHEAD = 0
-from mssendmail.worker import main
+from mssendmail.delivery.worker import main
 sys.argv = ["mssendmail-worker", "--once"]
 sys.exit(main())
 """
@@ -368,7 +369,7 @@ def rename(src, dst, *args, **kwargs):
 
 os.fsync = fsync
 os.rename = rename
-from mssendmail.worker import main
+from mssendmail.delivery.worker import main
 sys.argv = ["mssendmail-worker", "--once"]
 sys.exit(main())
 """

@@ -25,9 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from mssendmail.clouds import endpoints
 from mssendmail.config import Config
-from mssendmail.credentials import (
+from mssendmail.errors import ConfigError, ConfigurationFailure, TemporaryFailure
+from mssendmail.graph.clouds import endpoints
+from mssendmail.graph.credentials import (
     HTTP_CACHE_FILE,
     TOKEN_CACHE_FILE,
     TokenProvider,
@@ -35,7 +36,6 @@ from mssendmail.credentials import (
     select,
     token_claims,
 )
-from mssendmail.errors import ConfigError, ConfigurationFailure, TemporaryFailure
 from tests.fakegraph import FakeGraph, Fault, running
 
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from mssendmail import meta, outcome, pause
 from mssendmail.config import Config
-from mssendmail.deliver import Context, Outcome, Policy, deliver
+from mssendmail.delivery import outcome
+from mssendmail.delivery.attempt import Context, Outcome, Policy, deliver
+from mssendmail.delivery.pickup import pickup
 from mssendmail.errors import (
     ConfigurationFailure,
     PermanentFailure,
@@ -22,10 +23,10 @@ from mssendmail.errors import (
     TemporaryFailure,
     Throttled,
 )
-from mssendmail.pickup import pickup
-from mssendmail.spool import ACTIVE, DEAD, DEFERRED, QUEUE, SENT, Spool
-from mssendmail.submit import Submission, make_envelope
-from mssendmail.transports import Delivered
+from mssendmail.spool import meta, pause
+from mssendmail.spool.layout import ACTIVE, DEAD, DEFERRED, QUEUE, SENT, Spool
+from mssendmail.submission.writer import Submission, make_envelope
+from mssendmail.transport import Delivered
 
 T0 = float(int(time.time()))  # pickup stamps real time; ages are measured from it
 
@@ -235,7 +236,7 @@ def test_damaged_queue_file_is_dead_lettered_not_sent(spool: Spool) -> None:
 
 
 def test_claimed_elsewhere_is_skipped(spool: Spool) -> None:
-    from mssendmail.claim import claim
+    from mssendmail.spool.claim import claim
 
     qid = queue_one(spool)
     held = claim(spool, qid, QUEUE)
@@ -245,8 +246,8 @@ def test_claimed_elsewhere_is_skipped(spool: Spool) -> None:
 
 
 def test_dead_letter_notice_is_queued_once_and_never_for_a_notice(spool: Spool) -> None:
-    from mssendmail.notice_hook import notifier
-    from mssendmail.record import read_message, verify
+    from mssendmail.delivery.notice_hook import notifier
+    from mssendmail.spool.record import read_message, verify
 
     clock = Clock()
     ctx = make_ctx(spool, None, clock, DEAD_LETTER_NOTIFY="postmaster@example.com")

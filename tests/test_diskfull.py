@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail.pickup import pickup
-from mssendmail.spool import ACTIVE, DEFERRED, MAILDROP, QUEUE, SENT, Spool
+from mssendmail.delivery.pickup import pickup
+from mssendmail.spool.layout import ACTIVE, DEFERRED, MAILDROP, QUEUE, SENT, Spool
 from tests.reliability_helpers import (
     MSSENDMAIL,
     RCPT,

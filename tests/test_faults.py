@@ -23,13 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail import config, pause
-from mssendmail.deliver import Context, Outcome, Policy, deliver
-from mssendmail.graph import GraphTransport
-from mssendmail.pickup import pickup
-from mssendmail.retry import JITTER_LOW
-from mssendmail.spool import DEAD, DEFERRED, QUEUE, Spool
-from mssendmail.worker import Worker
+from mssendmail import config
+from mssendmail.delivery.attempt import Context, Outcome, Policy, deliver
+from mssendmail.delivery.pickup import pickup
+from mssendmail.delivery.retry import JITTER_LOW
+from mssendmail.delivery.worker import Worker
+from mssendmail.graph.transport import GraphTransport
+from mssendmail.spool import pause
+from mssendmail.spool.layout import DEAD, DEFERRED, QUEUE, Spool
 from tests.fakegraph import Fault
 from tests.reliability_helpers import (
     SENDER,

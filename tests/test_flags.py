@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mssendmail import flags
 from mssendmail.errors import UsageError
+from mssendmail.submission import flags
 
 
 def test_defaults() -> None:

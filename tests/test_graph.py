@@ -18,7 +18,7 @@ import pytest
 import requests
 import responses
 
-from mssendmail import transports
+from mssendmail import transport as transports
 from mssendmail.config import Config
 from mssendmail.errors import (
     ConfigError,
@@ -29,8 +29,8 @@ from mssendmail.errors import (
     TemporaryFailure,
     Throttled,
 )
-from mssendmail.graph import MAX_SENDMAIL_BODY, GraphTransport
-from mssendmail.transports import Delivered
+from mssendmail.graph.transport import MAX_SENDMAIL_BODY, GraphTransport
+from mssendmail.transport import Delivered
 from tests.fakegraph import FakeGraph, Fault, running
 
 GRAPH = "https://graph.example.test"
@@ -218,7 +218,7 @@ def test_size_boundary_and_large_branch(
         seen.append(len(mime))
         return Delivered(status=202)
 
-    monkeypatch.setattr("mssendmail.large.send_large", fake_large)
+    monkeypatch.setattr("mssendmail.graph.large.send_large", fake_large)
     assert graph.send(MAILBOX, b"x" * (largest + 1), "q2").status == 202
     assert seen == [largest + 1]  # one byte more takes the large-message path
     assert len(responses.calls) == 1  # and never reaches sendMail

@@ -25,11 +25,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mssendmail import pickup as pickup_mod
-from mssendmail import record
-from mssendmail.pickup import ENVELOPE_SLACK, pickup
-from mssendmail.spool import CORRUPT, MAILDROP, QUEUE, Spool, new_id
-from mssendmail.submit import Submission, make_envelope
+from mssendmail.delivery import pickup as pickup_mod
+from mssendmail.delivery.pickup import ENVELOPE_SLACK, pickup
+from mssendmail.spool import record
+from mssendmail.spool.layout import CORRUPT, MAILDROP, QUEUE, Spool, new_id
+from mssendmail.submission.writer import Submission, make_envelope
 from tests.reliability_helpers import (
     MSSENDMAIL,
     RCPT,

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail import large, transports
+from mssendmail import transport as transports
 from mssendmail.config import Config
-from mssendmail.deliver import Context, Outcome, Policy, deliver
+from mssendmail.delivery.attempt import Context, Outcome, Policy, deliver
+from mssendmail.delivery.pickup import pickup
 from mssendmail.errors import PermanentFailure, TemporaryFailure
-from mssendmail.graph import GraphTransport
-from mssendmail.pickup import pickup
-from mssendmail.spool import DEAD, Spool
-from mssendmail.submit import Submission, make_envelope
+from mssendmail.graph import large
+from mssendmail.graph.transport import GraphTransport
+from mssendmail.spool.layout import DEAD, Spool
+from mssendmail.submission.writer import Submission, make_envelope
 from tests.fakegraph import FakeGraph, running
 from tests.fakegraph_large import (
     CHUNK_UNIT,

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail import listing, record
-from mssendmail.queue import main
-from mssendmail.spool import DEFERRED, QUEUE, Spool
+from mssendmail.admin import listing
+from mssendmail.admin.cli import main
+from mssendmail.spool import record
+from mssendmail.spool.layout import DEFERRED, QUEUE, Spool
 from tests import queuedemo
 
 JSON_FIELDS = {

@@ -1,7 +1,7 @@
 """Load: 50 parallel submitters and 2 service-mode workers move 10,000 messages.
 
 Each submitter is its own process that runs the real submission entry
-point (``mssendmail.sendmail.main``, the code behind /usr/sbin/sendmail)
+point (``mssendmail.submission.sendmail.main``, the code behind /usr/sbin/sendmail)
 200 times, without paying interpreter start-up per message, so the suite
 stays within a few minutes on 2 cores; the crash and hostile suites run the
 installed ``mssendmail`` program itself. Two ``mssendmail-worker`` services
@@ -39,7 +39,7 @@ PER_SUBMITTER = int(os.environ.get("LOAD_PER_SUBMITTER", "200"))
 
 SUBMITTER = """
 import os, sys, tempfile
-from mssendmail.sendmail import main
+from mssendmail.submission.sendmail import main
 who, count, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
 failures = 0
 with tempfile.TemporaryFile() as fh:

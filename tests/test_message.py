@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mssendmail.errors import DataError
-from mssendmail.message import (
+from mssendmail.submission.addresses import (
     HeaderCollector,
     check_full_name,
     header_fields,

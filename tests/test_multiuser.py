@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
-from mssendmail import record
-from mssendmail.spool import MAILDROP, QUEUE, SERVICE_USER, init_tree
+from mssendmail.spool import record
+from mssendmail.spool.layout import MAILDROP, QUEUE, SERVICE_USER, init_tree
 
 pytestmark = pytest.mark.root
 
@@ -97,7 +97,8 @@ def python_for(user: pwd.struct_passwd) -> list[str]:
 
 def sendmail_cmd(python: list[str], prog: str = "mssendmail") -> list[str]:
     code = (
-        f"import sys; sys.path.insert(0, {ROOT!r}); from mssendmail.sendmail import main; "
+        f"import sys; sys.path.insert(0, {ROOT!r});"
+        " from mssendmail.submission.sendmail import main; "
         f"sys.exit(main([{prog!r}, *sys.argv[1:]]))"
     )
     return [*python, code]

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from mssendmail.config import Config
+from mssendmail.delivery.notice import build_notice, is_notice
+from mssendmail.delivery.prepare import prepare
 from mssendmail.errors import ConfigError
-from mssendmail.notice import build_notice, is_notice
-from mssendmail.prepare import prepare
 
 QID = "6560a1b2c3d4e5f6a7b8"
 ORIGINAL = (

@@ -6,10 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from mssendmail import record
-from mssendmail.pickup import pickup
-from mssendmail.spool import CORRUPT, EMPTY_TEMP_GRACE, MAILDROP, QUEUE, Spool, new_id
-from mssendmail.submit import Submission, make_envelope
+from mssendmail.delivery.pickup import pickup
+from mssendmail.spool import record
+from mssendmail.spool.layout import CORRUPT, EMPTY_TEMP_GRACE, MAILDROP, QUEUE, Spool, new_id
+from mssendmail.submission.writer import Submission, make_envelope
 
 MAX = 10 * 1024 * 1024
 

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mssendmail.config import Config
+from mssendmail.delivery.prepare import Policy, Prepared, normalise_newlines, policy_for, prepare
 from mssendmail.errors import EX_CONFIG, ConfigError, DataError, exit_code
-from mssendmail.prepare import Policy, Prepared, normalise_newlines, policy_for, prepare
 
 SENDER = "relay@example.com"
 QID = "6560a1b2c3d4e5f6a7b8"

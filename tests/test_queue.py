@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail.queue import main
-from mssendmail.spool import DEAD, DEFERRED, MAILDROP, Spool, init_tree
+from mssendmail.admin.cli import main
+from mssendmail.spool.layout import DEAD, DEFERRED, MAILDROP, Spool, init_tree
 from tests import queuedemo
 
 BIN = Path(sys.executable).parent
@@ -159,8 +159,8 @@ def test_test_wait_reports_a_dead_letter(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A stand-in worker dead-letters the message while `test --wait` follows it."""
-    from mssendmail import queue
-    from mssendmail.pickup import pickup
+    from mssendmail.admin import cli as queue
+    from mssendmail.delivery.pickup import pickup
 
     real_sleep = time.sleep
 

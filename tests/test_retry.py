@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from mssendmail.retry import JITTER_LOW, backoff
+from mssendmail.delivery.retry import JITTER_LOW, backoff
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail.spool import DEAD
+from mssendmail.spool.layout import DEAD
 from tests.fakegraph import Fault
 from tests.reliability_helpers import (
     CLIENT_SECRETS,

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mssendmail import record
-from mssendmail.sendmail import LoneDotFilter, main
-from mssendmail.spool import MAILDROP, TRIGGER, Spool
+from mssendmail.spool import record
+from mssendmail.spool.layout import MAILDROP, TRIGGER, Spool
+from mssendmail.submission.sendmail import LoneDotFilter, main
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -250,7 +250,7 @@ def test_unexpected_error_is_one_line_70(
     def boom(*_: object, **__: object) -> None:
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr("mssendmail.submit.make_envelope", boom)
+    monkeypatch.setattr("mssendmail.submission.writer.make_envelope", boom)
     result = submit(["root"], b"x\n")
     assert result.rc == 70
     assert result.err == (
@@ -262,7 +262,7 @@ def test_unexpected_error_is_one_line_70(
 def test_config_flag_and_env(
     submit: Callable[..., Run], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mssendmail.spool import init_tree
+    from mssendmail.spool.layout import init_tree
 
     other = tmp_path / "other"
     init_tree(str(other))

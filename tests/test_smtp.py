@@ -1,4 +1,4 @@
-"""mssendmail.smtp: the shared aiosmtpd server and queueing handler, in process."""
+"""mssendmail.smtp.protocol: the shared aiosmtpd server and queueing handler, in process."""
 
 from __future__ import annotations
 
@@ -17,11 +17,17 @@ from smtpwire import (
     split_received,
 )
 
-from mssendmail import smtp
 from mssendmail.errors import SpoolError
-from mssendmail.smtp import QueueHandler, Server, received_header, valid_address, with_enhanced_code
-from mssendmail.spool import Spool
-from mssendmail.submit import Submission
+from mssendmail.smtp import protocol as smtp
+from mssendmail.smtp.protocol import (
+    QueueHandler,
+    Server,
+    received_header,
+    valid_address,
+    with_enhanced_code,
+)
+from mssendmail.spool.layout import Spool
+from mssendmail.submission.writer import Submission
 
 MAX = 8192
 

@@ -21,9 +21,9 @@ import pytest
 import trustme
 from smtpwire import bs_argv, connect, maildrop_names, read_record, serving, split_received
 
-from mssendmail import smtpd
 from mssendmail.config import load
-from mssendmail.spool import Spool
+from mssendmail.smtp import smtpd
+from mssendmail.spool.layout import Spool
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -32,7 +32,7 @@ PASSWORD = "correct horse battery staple"
 
 def smtpd_argv() -> list[str]:
     script = Path(sys.executable).with_name("mssendmail-smtpd")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mssendmail.smtpd"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mssendmail.smtp.smtpd"]
 
 
 def free_port() -> int:
@@ -432,8 +432,8 @@ def test_swaks_plain_over_starttls_and_login(
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("mssendmail.sendmail") is None
-    or importlib.util.find_spec("mssendmail.worker") is None,
+    importlib.util.find_spec("mssendmail.submission.sendmail") is None
+    or importlib.util.find_spec("mssendmail.delivery.worker") is None,
     reason="needs mssendmail -t and mssendmail-worker",
 )
 def test_same_bytes_reach_the_transport_each_way(

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from mssendmail.spool import (
+from mssendmail.spool.layout import (
     DIR_MODES,
     META,
     QUEUE,

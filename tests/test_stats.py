@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail import pause, stats
-from mssendmail.queue import main
-from mssendmail.spool import Spool
+from mssendmail.admin import stats
+from mssendmail.admin.cli import main
+from mssendmail.spool import pause
+from mssendmail.spool.layout import Spool
 from tests import queuedemo
 
 
 def test_counts_ages_and_last_events(spool: Spool) -> None:
     ids = queuedemo.demo(spool)
     [held] = queuedemo.queued(spool, 1)
-    from mssendmail import admin
+    from mssendmail.admin import actions as admin
 
     admin.hold(spool, held)
     now = time.time()

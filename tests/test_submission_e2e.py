@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from mssendmail import record
-from mssendmail.spool import MAILDROP, Spool, init_tree
+from mssendmail.spool import record
+from mssendmail.spool.layout import MAILDROP, Spool, init_tree
 
 MSSENDMAIL = os.path.join(os.path.dirname(sys.executable), "mssendmail")
 

@@ -19,12 +19,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mssendmail import record
-from mssendmail import spool as spool_mod
 from mssendmail.errors import DataError, SpoolError
-from mssendmail.record import CorruptRecord
-from mssendmail.spool import MAILDROP, TEMP_PREFIX, Spool, is_id, new_id
-from mssendmail.submit import FILE_MODE, Submission, make_envelope
+from mssendmail.spool import layout as spool_mod
+from mssendmail.spool import record
+from mssendmail.spool.layout import MAILDROP, TEMP_PREFIX, Spool, is_id, new_id
+from mssendmail.spool.record import CorruptRecord
+from mssendmail.submission.writer import FILE_MODE, Submission, make_envelope
 
 
 def write_one(spool: Spool, data: bytes, recipients: list[str] | None = None) -> str:
@@ -155,7 +155,7 @@ def test_failed_commit_takes_the_message_back(
     def broken(path: str, via_fd: int | None = None) -> None:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr("mssendmail.submit.fsync_dir", broken)
+    monkeypatch.setattr("mssendmail.submission.writer.fsync_dir", broken)
     with pytest.raises(SpoolError):
         write_one(spool, b"x")
     assert os.listdir(spool.dir(MAILDROP)) == []
@@ -231,12 +231,13 @@ def test_writer_digest_matches_hashlib(data: bytes) -> None:
 def test_submission_path_does_not_load_heavy_modules() -> None:
     """Each of these costs 1-10 ms of the ~18 ms budget (bench/submit.py, docs/submission.md)."""
     code = (
-        "import sys, mssendmail.sendmail, mssendmail.submit, mssendmail.config;"
+        "import sys, mssendmail.submission.sendmail, mssendmail.submission.writer,"
+        " mssendmail.config;"
         "print(' '.join(sorted(sys.modules)))"
     )
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
     loaded = set(proc.stdout.split())
-    assert "mssendmail.submit" in loaded, proc.stderr
+    assert "mssendmail.submission.writer" in loaded, proc.stderr
     heavy = {
         "typing",
         "secrets",

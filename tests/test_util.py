@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from mssendmail import config, spool
+from mssendmail import config
+from mssendmail.spool import layout as spool
 
 REPO = Path(__file__).resolve().parent.parent
 UTIL = REPO / "util"
@@ -141,8 +142,10 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     venv = Path(sys.prefix)
     if not (venv / "bin" / "mssendmail-worker").exists():
         pytest.skip("tests are not running from a venv with mssendmail installed")
-    if not (_have("mssendmail.sendmail") and _have("mssendmail.worker")):
-        pytest.skip("mssendmail.sendmail or mssendmail.worker is not written yet")
+    if not (_have("mssendmail.submission.sendmail") and _have("mssendmail.delivery.worker")):
+        pytest.skip(
+            "mssendmail.submission.sendmail or mssendmail.delivery.worker is not written yet"
+        )
     env = {k: v for k, v in os.environ.items() if k not in config.DEFAULTS}
     env.update(VENV=str(venv), DEMO=str(tmp_path / "demo"), QUEUE_DIR="/nonexistent")
     result = run("bash", UTIL / "demo.sh", env=env, timeout=60)
@@ -517,8 +520,10 @@ def test_installed_units_verify(installed: Installed) -> None:
 @pytest.mark.slow
 def test_installed_sendmail_queues_for_nobody_and_worker_delivers(installed: Installed) -> None:
     """A non-root user's sendmail -t queues; the worker, as mssendmail, delivers."""
-    if not (_have("mssendmail.sendmail") and _have("mssendmail.worker")):
-        pytest.skip("mssendmail.sendmail or mssendmail.worker is not written yet")
+    if not (_have("mssendmail.submission.sendmail") and _have("mssendmail.delivery.worker")):
+        pytest.skip(
+            "mssendmail.submission.sendmail or mssendmail.delivery.worker is not written yet"
+        )
     queue = installed.path(QUEUE_DIR)
     outbox = installed.path(STATE_DIR) / "outbox"
     outbox.mkdir(exist_ok=True)

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from mssendmail.spool import DEAD, QUEUE, Spool
-from mssendmail.submit import Submission, make_envelope
+from mssendmail.spool.layout import DEAD, QUEUE, Spool
+from mssendmail.submission.writer import Submission, make_envelope
 
 BIN = Path(sys.executable).parent
 
@@ -68,7 +68,7 @@ def test_once_with_missing_sender_exits_78_and_keeps_mail(spool: Spool, tmp_path
     assert result.returncode == 78, result.stderr
     assert "SENDER" in result.stderr and result.stderr.count("\n") == 1
     assert spool.ids(QUEUE) == []  # not even picked up
-    from mssendmail.pickup import pickup
+    from mssendmail.delivery.pickup import pickup
 
     pickup(spool, 1 << 20)
     assert sorted(spool.ids(QUEUE)) == sorted(ids)

@@ -50,7 +50,7 @@ EOF
 cat "$CONFIG"
 
 step "creating the spool $DEMO/queue"
-if run "$VENV/bin/python" -c 'import mssendmail.queue' 2>/dev/null; then
+if run "$VENV/bin/python" -c 'import mssendmail.admin.cli' 2>/dev/null; then
 	run "$VENV/bin/mssendmail-queue" init
 else
 	run "$VENV/bin/python" -c 'import sys; from mssendmail import spool; [print(c) for c in spool.init_tree(sys.argv[1])]' "$DEMO/queue"

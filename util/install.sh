@@ -261,7 +261,7 @@ init_spool() {
 	install -d -m 0755 -o root -g root "$VARLIB"
 	install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$LOGDIR"
 	local out
-	if env -i PATH=/usr/bin:/bin "$VENV/bin/python" -c 'import mssendmail.queue' 2>/dev/null &&
+	if env -i PATH=/usr/bin:/bin "$VENV/bin/python" -c 'import mssendmail.admin.cli' 2>/dev/null &&
 		out=$(env -i PATH=/usr/bin:/bin "$VENV/bin/mssendmail-queue" init --config "$ENVFILE" 2>&1); then
 		:
 	else

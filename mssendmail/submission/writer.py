@@ -18,8 +18,8 @@ import pwd
 import time
 
 from mssendmail.errors import DataError, SpoolError
-from mssendmail.record import VERSION, RecordWriter
-from mssendmail.spool import MAILDROP, TEMP_PREFIX, Spool, fsync_dir, new_id, unlink_quiet
+from mssendmail.spool.layout import MAILDROP, TEMP_PREFIX, Spool, fsync_dir, new_id, unlink_quiet
+from mssendmail.spool.record import VERSION, RecordWriter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs submission ~5 ms; annotations are strings anyway

@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from mssendmail import meta, outcome, pause, record
-from mssendmail.claim import Claim, claim
 from mssendmail.config import Config
+from mssendmail.delivery import outcome
+from mssendmail.delivery.retry import backoff
 from mssendmail.errors import (
     ConfigError,
     ConfigurationFailure,
@@ -34,11 +34,12 @@ from mssendmail.errors import (
     Throttled,
 )
 from mssendmail.logs import kv
-from mssendmail.retry import backoff
-from mssendmail.spool import Spool
-from mssendmail.transports import Transport
+from mssendmail.spool import meta, pause, record
+from mssendmail.spool.claim import Claim, claim
+from mssendmail.spool.layout import Spool
+from mssendmail.transport import Transport
 
-log = logging.getLogger("mssendmail.deliver")
+log = logging.getLogger("mssendmail.delivery.attempt")
 
 PER_MAILBOX_LIMIT = 4  # Graph's MailboxConcurrency
 SLOT_POLL = 0.05
@@ -190,7 +191,7 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
             return _bury(ctx, held, state, {}, PermanentFailure(f"queue file damaged: {exc}"))
         message = record.read_message(fh, message_len)
     try:
-        from mssendmail.prepare import prepare
+        from mssendmail.delivery.prepare import prepare
 
         prepared = prepare(message, envelope, ctx.cfg, qid)
     except ConfigError as exc:

@@ -14,12 +14,12 @@ import logging
 import os
 from typing import Any
 
-from mssendmail import meta
-from mssendmail.claim import Claim
 from mssendmail.logs import kv
-from mssendmail.spool import ACTIVE, DEAD, DEFERRED, QUEUE, SENT, Spool, write_atomic
+from mssendmail.spool import meta
+from mssendmail.spool.claim import Claim
+from mssendmail.spool.layout import ACTIVE, DEAD, DEFERRED, QUEUE, SENT, Spool, write_atomic
 
-log = logging.getLogger("mssendmail.outcome")
+log = logging.getLogger("mssendmail.delivery.outcome")
 
 MAX_RECORD = 1 << 20  # a parked entry bigger than this is a message, not a record
 

@@ -10,7 +10,7 @@ DESCRIPTION
     Symfony Mailer's default transport (and so Laravel and Nextcloud) starts
     ``sendmail -bs`` and speaks SMTP to its stdin/stdout: HELO, then one or
     more MAIL/RCPT/DATA rounds, then QUIT. Each message is queued exactly as
-    a normal submission (mssendmail.smtp), and its 250 reply comes only once
+    a normal submission (mssendmail.smtp.protocol), and its 250 reply comes only once
     it is on disk.
 
     aiosmtpd wants one duplex transport. Two threads copy stdin into one end
@@ -50,8 +50,8 @@ import threading
 
 from mssendmail.config import Config
 from mssendmail.errors import EX_OK, EX_TEMPFAIL, MssendmailError, exit_code
-from mssendmail.smtp import QueueHandler, Server, local_hostname
-from mssendmail.spool import Spool
+from mssendmail.smtp.protocol import QueueHandler, Server, local_hostname
+from mssendmail.spool.layout import Spool
 
 CHUNK = 64 * 1024
 # After QUIT, how long we wait for a client that does not read its 221.

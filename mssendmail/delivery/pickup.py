@@ -24,8 +24,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mssendmail import record
-from mssendmail.spool import (
+from mssendmail.spool import record
+from mssendmail.spool.layout import (
     CORRUPT,
     MAILDROP,
     QUEUE,
@@ -39,7 +39,7 @@ from mssendmail.spool import (
     write_atomic,
 )
 
-log = logging.getLogger("mssendmail.pickup")
+log = logging.getLogger("mssendmail.delivery.pickup")
 
 ENVELOPE_SLACK = record.MAX_ENVELOPE + record.FOOTER_LEN
 

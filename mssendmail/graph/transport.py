@@ -4,11 +4,11 @@ Job: POST {GRAPH_URL}/v1.0/users/{mailbox}/sendMail with the prepared MIME
 message base64-encoded as a text/plain body; 202 means Exchange accepted it.
 A 401 gets exactly one fresh token and an immediate retry (the token may
 have been revoked or have expired in flight). Everything else that is not
-202 is classified by mssendmail.classify into the delivery error classes.
+202 is classified by mssendmail.graph.classify into the delivery error classes.
 
 Messages whose base64 form exceeds 4 MiB cannot go through sendMail; they
 take ``_send_large``: a draft, attachments and upload sessions, then send
-(mssendmail.large; needs Mail.ReadWrite).
+(mssendmail.graph.large; needs Mail.ReadWrite).
 
 Timeouts: connect 10 s, and GRAPH_TIMEOUT (default 120 s) for the whole
 request: connect, upload and the wait for the answer share that budget, so
@@ -21,7 +21,7 @@ SECURITY: the Authorization header exists only inside the request; errors
 are built from status, Graph error code and message, never from the
 request, so a token cannot leak into a log line or a dead-letter record.
 
-FILES: none; tokens come from mssendmail.credentials.
+FILES: none; tokens come from mssendmail.graph.credentials.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util import Timeout
 
-from mssendmail.classify import classify_http, network_error
-from mssendmail.clouds import endpoints
 from mssendmail.config import Config
 from mssendmail.errors import ConfigurationFailure
-from mssendmail.transports import Delivered
+from mssendmail.graph.classify import classify_http, network_error
+from mssendmail.graph.clouds import endpoints
+from mssendmail.transport import Delivered
 
 # Graph refuses request bodies over 4 MB (413); the base64 body is what counts.
 MAX_SENDMAIL_BODY = 4 * 1024 * 1024
@@ -94,7 +94,7 @@ class GraphTransport:
 
     @classmethod
     def from_config(cls, cfg: Config) -> GraphTransport:
-        from mssendmail.credentials import TokenProvider
+        from mssendmail.graph.credentials import TokenProvider
 
         ends = endpoints(cfg)
         tokens = TokenProvider.from_config(cfg)
@@ -135,7 +135,7 @@ class GraphTransport:
 
     def _send_large(self, mailbox: str, mime: bytes, queue_id: str) -> Delivered:
         """The single branch point for the upload-session path (draft + attachments + send)."""
-        from mssendmail.large import send_large
+        from mssendmail.graph.large import send_large
 
         return send_large(self, mailbox, mime, queue_id)
 

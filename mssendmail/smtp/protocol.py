@@ -1,7 +1,7 @@
 """The SMTP protocol shared by ``mssendmail -bs`` and ``mssendmail-smtpd``.
 
 NAME
-    mssendmail.smtp -- aiosmtpd server and handler that queue each message
+    mssendmail.smtp.protocol -- aiosmtpd server and handler that queue each message
 
 DESCRIPTION
     aiosmtpd parses the protocol (HELO/EHLO, MAIL, RCPT, DATA with dot
@@ -45,10 +45,10 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from mssendmail.errors import DataError, MssendmailError
-from mssendmail.spool import Spool
-from mssendmail.submit import Submission, make_envelope
+from mssendmail.spool.layout import Spool
+from mssendmail.submission.writer import Submission, make_envelope
 
-log = logging.getLogger("mssendmail.smtp")
+log = logging.getLogger("mssendmail.smtp.protocol")
 
 # Graph and Exchange refuse far fewer; the cap only bounds memory and the envelope.
 MAX_RECIPIENTS = 1000

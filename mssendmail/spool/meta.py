@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from mssendmail.spool import Spool, unlink_quiet, write_atomic
+from mssendmail.spool.layout import Spool, unlink_quiet, write_atomic
 
 HISTORY_LIMIT = 50
 

@@ -52,9 +52,6 @@ from typing import Any
 
 import requests
 
-from mssendmail import spool
-from mssendmail.classify import classify_token_error, network_error, one_line
-from mssendmail.clouds import Endpoints, endpoints
 from mssendmail.config import Config
 from mssendmail.errors import (
     ConfigError,
@@ -62,9 +59,12 @@ from mssendmail.errors import (
     DeliveryError,
     TemporaryFailure,
 )
+from mssendmail.graph.classify import classify_token_error, network_error, one_line
+from mssendmail.graph.clouds import Endpoints, endpoints
 from mssendmail.logs import kv
+from mssendmail.spool import layout as spool
 
-log = logging.getLogger("mssendmail.credentials")
+log = logging.getLogger("mssendmail.graph.credentials")
 
 CREDENTIAL_KEYS = (
     "CLIENT_SECRET",

@@ -45,15 +45,17 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from mssendmail import __version__, affinity, config, logs, outcome, pause
-from mssendmail.claim import recover
-from mssendmail.deliver import Context, MailboxGate, Outcome, Policy, deliver
+from mssendmail import __version__, config, logs
+from mssendmail.delivery import affinity, outcome
+from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
+from mssendmail.delivery.pickup import listing, pickup
 from mssendmail.errors import ConfigError, MssendmailError, exit_code
-from mssendmail.pickup import listing, pickup
-from mssendmail.spool import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
-from mssendmail.transports import from_config
+from mssendmail.spool import pause
+from mssendmail.spool.claim import recover
+from mssendmail.spool.layout import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
+from mssendmail.transport import from_config
 
-log = logging.getLogger("mssendmail.worker")
+log = logging.getLogger("mssendmail.delivery.worker")
 
 RESCAN_SECONDS = 1.0
 PREPARE_AHEAD = 2  # threads beyond CONCURRENCY that prepare while others wait on Graph
@@ -339,7 +341,7 @@ class Worker:
 
 
 def build_context(cfg: config.Config) -> Context:
-    from mssendmail.notice_hook import notifier
+    from mssendmail.delivery.notice_hook import notifier
 
     spool = Spool(cfg.queue_dir)
     transport = from_config(cfg)
@@ -370,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency = cfg.integer("CONCURRENCY")
         if not 1 <= concurrency <= 64:
             raise ConfigError("CONCURRENCY must be between 1 and 64")
-        from mssendmail.prepare import policy_for
+        from mssendmail.delivery.prepare import policy_for
 
         policy_for(cfg)  # SENDER, ALLOWED_FROM, ALIASES: fail now (78), not per message
         cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from mssendmail.config import Config
 from mssendmail.errors import ConfigError, TemporaryFailure
-from mssendmail.spool import fsync_dir
+from mssendmail.spool.layout import fsync_dir
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def from_config(cfg: Config) -> Transport:
     if kind == "file":
         return FileTransport(cfg.get("OUTBOX_DIR"))
     if kind == "graph":
-        from mssendmail.graph import GraphTransport
+        from mssendmail.graph.transport import GraphTransport
 
         return GraphTransport.from_config(cfg)
     raise ConfigError(f"TRANSPORT={kind!r} is not known; use graph or file")

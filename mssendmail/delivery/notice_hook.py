@@ -10,8 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mssendmail.config import Config
-from mssendmail.spool import Spool
-from mssendmail.submit import Submission, make_envelope
+from mssendmail.spool.layout import Spool
+from mssendmail.submission.writer import Submission, make_envelope
 
 Notifier = Callable[[bytes, dict[str, Any], str, dict[str, Any]], None]
 
@@ -24,7 +24,7 @@ def notifier(cfg: Config, spool: Spool) -> Notifier | None:
     def notify(
         message: bytes, envelope: dict[str, Any], queue_id: str, reason: dict[str, Any]
     ) -> None:
-        from mssendmail.notice import build_notice, is_notice
+        from mssendmail.delivery.notice import build_notice, is_notice
 
         if is_notice(message):
             return

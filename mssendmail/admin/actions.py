@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from mssendmail import meta
-from mssendmail.claim import Claim, lock
 from mssendmail.errors import DataError, MssendmailError, NoSuchMessage, SpoolError
-from mssendmail.spool import (
+from mssendmail.spool import meta
+from mssendmail.spool.claim import Claim, lock
+from mssendmail.spool.layout import (
     ACTIVE,
     DEAD,
     DEFERRED,

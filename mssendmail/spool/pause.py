@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
-from mssendmail.meta import read_json
-from mssendmail.spool import STATE, Spool, unlink_quiet, write_atomic
+from mssendmail.spool.layout import STATE, Spool, unlink_quiet, write_atomic
+from mssendmail.spool.meta import read_json
 
 PAUSE_FILE = "pause.json"
 

@@ -17,7 +17,7 @@ What it does, and why:
   ``From `` line is dropped; a first line that is not a header starts the body.
 * Date and Message-ID are added when missing; Return-Path and Content-Length go.
 * Bare local names (``root``) in the envelope and in To/Cc/Bcc are resolved
-  through mssendmail.aliases; Graph never sees an unqualified address.
+  through mssendmail.delivery.aliases; Graph never sees an unqualified address.
 * Graph has no envelope: it delivers to To, Cc and Bcc. So the Bcc header is
   rebuilt to hold exactly the envelope recipients missing from To/Cc (Exchange
   removes Bcc from delivered copies). To/Cc recipients outside the envelope
@@ -51,8 +51,8 @@ from email.policy import SMTP
 from email.utils import formatdate, getaddresses, parseaddr, quote
 from typing import Any
 
-from mssendmail.aliases import AliasFile, Resolver
 from mssendmail.config import Config
+from mssendmail.delivery.aliases import AliasFile, Resolver
 from mssendmail.errors import ConfigError, DataError
 
 CRLF = b"\r\n"

@@ -17,9 +17,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mssendmail import meta, pause
-from mssendmail.listing import id_time, printable, require_access, sent_ids
-from mssendmail.spool import (
+from mssendmail.admin.listing import id_time, printable, require_access, sent_ids
+from mssendmail.spool import meta, pause
+from mssendmail.spool.layout import (
     ACTIVE,
     CORRUPT,
     DEAD,
@@ -150,7 +150,7 @@ def _last_failure(spool: Spool, stats: Stats) -> None:
 
 def render(stats: Stats, now: float | None = None) -> list[str]:
     """The human view, within 80 columns."""
-    from mssendmail.listing import human_delta, human_time, wrap
+    from mssendmail.admin.listing import human_delta, human_time, wrap
 
     now = time.time() if now is None else now
     counts = stats.counts

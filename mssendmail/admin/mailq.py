@@ -8,12 +8,12 @@ DESCRIPTION
     being delivered now, ``!`` = held by an admin), message size, arrival
     time, envelope sender (or the submitting user when no -f was given), the
     last delivery error in parentheses, and the recipients. The rows are the
-    same ones ``mssendmail-queue list`` shows (mssendmail.listing), minus
+    same ones ``mssendmail-queue list`` shows (mssendmail.admin.listing), minus
     dead letters, which Postfix's mailq does not show either.
 
 READS
     QUEUE_DIR: each record's footer and envelope (never the body), and
-    meta/<id>.json, through mssendmail.listing.
+    meta/<id>.json, through mssendmail.admin.listing.
 
 SECURITY
     Only root and members of the mssendmail group can list the queue; anyone
@@ -28,8 +28,8 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from mssendmail.listing import QUEUED, Row, collect
-from mssendmail.spool import ACTIVE, DEFERRED, HOLD, Spool
+from mssendmail.admin.listing import QUEUED, Row, collect
+from mssendmail.spool.layout import ACTIVE, DEFERRED, HOLD, Spool
 
 STATES = (QUEUED, ACTIVE, DEFERRED, HOLD)
 MARKS = {ACTIVE: "*", HOLD: "!"}

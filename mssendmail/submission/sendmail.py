@@ -60,15 +60,21 @@ import os
 import sys
 
 from mssendmail import config as config_mod
-from mssendmail import errors, flags
+from mssendmail import errors
 from mssendmail.errors import DataError, MssendmailError, UsageError
-from mssendmail.message import HeaderCollector, check_full_name, parse_address_list, parse_sender
+from mssendmail.submission import flags
+from mssendmail.submission.addresses import (
+    HeaderCollector,
+    check_full_name,
+    parse_address_list,
+    parse_sender,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~5 ms of the budget
     from mssendmail.config import Config
-    from mssendmail.spool import Spool
-    from mssendmail.submit import Submission
+    from mssendmail.spool.layout import Spool
+    from mssendmail.submission.writer import Submission
 
 CHUNK = 256 * 1024
 MAX_RECIPIENTS = 10000  # record.validate_envelope quarantines longer lists
@@ -179,9 +185,9 @@ def submit(cfg: Config, opts: flags.Options, stdin_fd: int = 0) -> str:
     make us report failure for a message the worker will send. They stay
     blocked after the commit; main() then discards what is pending.
     """
-    from mssendmail.record import MAX_ENVELOPE, encode_envelope
-    from mssendmail.spool import Spool
-    from mssendmail.submit import Submission, make_envelope
+    from mssendmail.spool.layout import Spool
+    from mssendmail.spool.record import MAX_ENVELOPE, encode_envelope
+    from mssendmail.submission.writer import Submission, make_envelope
 
     sender = parse_sender(opts.sender) if opts.sender is not None else ""
     full_name = check_full_name(opts.full_name) if opts.full_name is not None else None
@@ -246,15 +252,15 @@ def _stream(
 
 
 def run_bs(cfg: Config) -> int:
-    """-bs: SMTP on stdin/stdout (mssendmail/bs.py); aiosmtpd is imported only on this path."""
-    from mssendmail.bs import main_bs
+    """-bs: SMTP on stdin/stdout (mssendmail/smtp/bs.py); aiosmtpd is imported only on this path."""
+    from mssendmail.smtp.bs import main_bs
 
     return main_bs(cfg)
 
 
 def list_queue(spool: Spool) -> int:
     """-bp / mailq."""
-    from mssendmail.mailq import list_queue as lister
+    from mssendmail.admin.mailq import list_queue as lister
 
     # `mailq | head` should end quietly, like any Unix lister.
     _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
@@ -278,7 +284,7 @@ def run(argv: list[str], prog: str, stdin_fd: int = 0) -> int:
     cfg = config_mod.load(opts.config)
     if opts.mode == "smtp":
         return run_bs(cfg)
-    from mssendmail.spool import Spool
+    from mssendmail.spool.layout import Spool
 
     if opts.mode == "flush":
         Spool(cfg.queue_dir).wake(flush=True)

@@ -25,11 +25,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mssendmail import affinity, meta, pause
+from mssendmail.admin.listing import printable
 from mssendmail.config import Config, load
+from mssendmail.delivery import affinity
 from mssendmail.errors import MssendmailError
-from mssendmail.listing import printable
-from mssendmail.spool import DIR_MODES, ROOT_MODE, STATE, TRIGGER_MODE, Spool, service_ids
+from mssendmail.spool import meta, pause
+from mssendmail.spool.layout import DIR_MODES, ROOT_MODE, STATE, TRIGGER_MODE, Spool, service_ids
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 HEARTBEAT_FILE = "heartbeat.json"
@@ -66,8 +67,8 @@ TokenFetcher = Callable[[Config], str]
 
 def fetch_token(cfg: Config) -> str:
     """A fresh Graph token for the configured credential (memory cache only)."""
-    from mssendmail.clouds import endpoints
-    from mssendmail.credentials import TokenProvider, select
+    from mssendmail.graph.clouds import endpoints
+    from mssendmail.graph.credentials import TokenProvider, select
 
     provider = TokenProvider(select(cfg), endpoints(cfg), None)
     try:
@@ -137,7 +138,7 @@ def check_config(cfg: Config) -> Result:
 
 
 def check_credentials(cfg: Config) -> Result:
-    from mssendmail.credentials import select
+    from mssendmail.graph.credentials import select
 
     try:
         spec = select(cfg)
@@ -198,7 +199,7 @@ def check_spool_modes(spool: Spool) -> Result:
 
 
 def check_token(cfg: Config, fetch: TokenFetcher) -> tuple[Result, str | None]:
-    from mssendmail.clouds import endpoints
+    from mssendmail.graph.clouds import endpoints
 
     name = "token"
     try:
@@ -212,7 +213,7 @@ def check_token(cfg: Config, fetch: TokenFetcher) -> tuple[Result, str | None]:
 
 
 def check_roles(token: str) -> list[Result]:
-    from mssendmail.credentials import token_claims
+    from mssendmail.graph.credentials import token_claims
 
     claims = token_claims(token)
     if not claims:

@@ -24,9 +24,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mssendmail import meta, record
 from mssendmail.errors import PermissionDenied, SpoolError
-from mssendmail.spool import (
+from mssendmail.spool import meta, record
+from mssendmail.spool.layout import (
     ACTIVE,
     DEAD,
     DEFERRED,

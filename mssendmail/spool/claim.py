@@ -13,7 +13,7 @@ import fcntl
 import os
 from dataclasses import dataclass
 
-from mssendmail.spool import ACTIVE, QUEUE, Spool
+from mssendmail.spool.layout import ACTIVE, QUEUE, Spool
 
 
 @dataclass

@@ -58,7 +58,9 @@ from email.parser import BytesParser
 from email.utils import formatdate, parseaddr
 from typing import Any, NoReturn, TextIO
 
-from mssendmail import __version__, admin, checks, config, listing, meta, record, stats
+from mssendmail import __version__, config
+from mssendmail.admin import actions as admin
+from mssendmail.admin import checks, listing, stats
 from mssendmail.errors import (
     EX_NOPERM,
     EX_TEMPFAIL,
@@ -70,8 +72,9 @@ from mssendmail.errors import (
     UsageError,
     exit_code,
 )
-from mssendmail.spool import DEAD, DEFERRED, MAILDROP, Spool, init_tree
-from mssendmail.submit import Submission, make_envelope
+from mssendmail.spool import meta, record
+from mssendmail.spool.layout import DEAD, DEFERRED, MAILDROP, Spool, init_tree
+from mssendmail.submission.writer import Submission, make_envelope
 
 PROG = "mssendmail-queue"
 HEADER_LIMIT = 256 * 1024

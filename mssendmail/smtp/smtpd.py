@@ -12,7 +12,7 @@ DESCRIPTION
     listens on SMTPD_LISTEN (default 127.0.0.1:2525; a comma list, IPv6 as
     [::1]:2525) or on the sockets systemd passes (LISTEN_FDS), and queues
     every accepted message in the same spool as ``mssendmail``, so the same
-    worker, retries and dead-letter handling apply (see mssendmail.smtp).
+    worker, retries and dead-letter handling apply (see mssendmail.smtp.protocol).
 
     Optional STARTTLS (SMTPD_TLS_CERT, SMTPD_TLS_KEY) and AUTH PLAIN/LOGIN
     against SMTPD_USERS_FILE, lines of ``user:hash``; ``--hash-password``
@@ -62,11 +62,11 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mssendmail import config
 from mssendmail.errors import EX_OK, EX_OSERR, ConfigError, MssendmailError, UsageError, exit_code
-from mssendmail.smtp import QueueHandler, Server, local_hostname
-from mssendmail.spool import Spool
+from mssendmail.smtp.protocol import QueueHandler, Server, local_hostname
+from mssendmail.spool.layout import Spool
 
 PROG = "mssendmail-smtpd"
-log = logging.getLogger("mssendmail.smtpd")
+log = logging.getLogger("mssendmail.smtp.smtpd")
 
 SYSTEMD_FIRST_FD = 3
 SHUTDOWN_GRACE = 10.0

@@ -60,15 +60,15 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from mssendmail.classify import classify_http, graph_error, one_line, parse_retry_after
 from mssendmail.errors import DeliveryError, PermanentFailure, TemporaryFailure
+from mssendmail.graph.classify import classify_http, graph_error, one_line, parse_retry_after
 from mssendmail.logs import kv
-from mssendmail.transports import Delivered
+from mssendmail.transport import Delivered
 
 if TYPE_CHECKING:
-    from mssendmail.graph import GraphTransport
+    from mssendmail.graph.transport import GraphTransport
 
-log = logging.getLogger("mssendmail.large")
+log = logging.getLogger("mssendmail.graph.large")
 
 KIB = 1024
 # Upload chunks must be multiples of 320 KiB and under 4 MiB.

@@ -25,8 +25,14 @@ from email.utils import formatdate
 from typing import Any
 
 from mssendmail.config import Config
+from mssendmail.delivery.prepare import (
+    clean_name,
+    field_name,
+    normalise_newlines,
+    policy_for,
+    split_message,
+)
 from mssendmail.errors import ConfigError
-from mssendmail.prepare import clean_name, field_name, normalise_newlines, policy_for, split_message
 
 MARKER = "X-Mssendmail-Notice"
 MAX_HEADER_TEXT = 64 * 1024  # a hostile header section must not make a huge notice
