@@ -99,3 +99,14 @@ def test_sendmail_help_lists_each_flag_with_its_meaning() -> None:
         assert line.endswith("(ignored)") == (action == flags.IGNORED), line
     for option in flags.LONG_OPTIONS:
         assert re.search(rf"^  {option}\b.*\S", text, re.M), option
+
+
+@pytest.mark.parametrize("name", sorted(PARSERS))
+def test_a_bad_command_line_exits_64_with_one_line(name: str) -> None:
+    argv = ["list", "--no-such-option"] if name == "mssendmail-queue" else ["--no-such-option"]
+    result = subprocess.run([script(name), *argv], capture_output=True, text=True)
+    assert result.returncode == 64
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"usage: {name}")
+    assert lines[-1] == f"{name}: unrecognized arguments: --no-such-option"
+    assert len(lines) <= 4

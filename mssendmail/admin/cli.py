@@ -56,16 +56,16 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import formatdate, parseaddr
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 from mssendmail import __version__, config
 from mssendmail.admin import actions as admin
 from mssendmail.admin import checks, listing, stats
+from mssendmail.argv import Parser
 from mssendmail.errors import (
     EX_NOPERM,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
-    EX_USAGE,
     MssendmailError,
     NoSuchMessage,
     PermissionDenied,
@@ -78,15 +78,6 @@ from mssendmail.submission.writer import Submission, make_envelope
 
 PROG = "mssendmail-queue"
 HEADER_LIMIT = 256 * 1024
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that exits 64 (EX_USAGE) with one line, as every program here does."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        print(f"{PROG}: {message}", file=sys.stderr)
-        raise SystemExit(EX_USAGE)
 
 
 SEE_ALSO = "See mssendmail-queue(8) for every command, its exit status and examples."

@@ -46,6 +46,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from mssendmail import __version__, config, logs
+from mssendmail.argv import Parser
 from mssendmail.delivery import affinity, outcome
 from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.delivery.pickup import listing, pickup
@@ -355,8 +356,8 @@ def build_context(cfg: config.Config) -> Context:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="mssendmail-worker",
         description=__doc__.split("\n")[0],
         epilog="exit status: 0 done, 75 delivery paused (--once), 78 unusable config\n"

@@ -61,6 +61,7 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mssendmail import config
+from mssendmail.argv import Parser
 from mssendmail.errors import EX_OK, EX_OSERR, ConfigError, MssendmailError, UsageError, exit_code
 from mssendmail.smtp.protocol import QueueHandler, Server, local_hostname
 from mssendmail.spool.layout import Spool
@@ -403,8 +404,8 @@ def hash_password_command(user: str | None) -> int:
     return EX_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog=PROG,
         description="SMTP listener that queues mail for mssendmail-worker.",
         epilog="exit status: 0 after SIGTERM, 71 cannot listen, 78 unusable config\n"
