@@ -56,37 +56,28 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import formatdate, parseaddr
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 from mssendmail import __version__, config
 from mssendmail.admin import actions as admin
 from mssendmail.admin import checks, listing, stats
 from mssendmail.errors import (
-    EX_NOPERM,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
-    EX_USAGE,
     MssendmailError,
     NoSuchMessage,
     PermissionDenied,
     UsageError,
     exit_code,
+    run_main,
 )
 from mssendmail.spool import meta, record
 from mssendmail.spool.layout import DEAD, DEFERRED, MAILDROP, Spool, init_tree
 from mssendmail.submission.writer import Submission, make_envelope
+from mssendmail.usage import Parser
 
 PROG = "mssendmail-queue"
 HEADER_LIMIT = 256 * 1024
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that exits 64 (EX_USAGE) with one line, as every program here does."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        print(f"{PROG}: {message}", file=sys.stderr)
-        raise SystemExit(EX_USAGE)
 
 
 def build_parser() -> Parser:
@@ -491,23 +482,21 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
     args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: _dispatch_output(args), hint="check QUEUE_DIR and the disk")
+
+
+def _dispatch_output(args: argparse.Namespace) -> int:
+    """dispatch(), with what only a lister meets: a closed pipe and a spool it may not read."""
     try:
         return dispatch(args)
-    except MssendmailError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except PermissionError:
-        print(f"{PROG}: {listing.NO_ACCESS}", file=sys.stderr)
-        return EX_NOPERM
+    except MssendmailError:
+        raise  # PermissionDenied among them: it says what it is itself
+    except PermissionError as exc:
+        raise PermissionDenied(listing.NO_ACCESS) from exc
     except BrokenPipeError:
         # `mssendmail-queue list | head`: not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as exc:
-        print(f"{PROG}: {exc.strerror or exc}; check QUEUE_DIR and the disk", file=sys.stderr)
-        return EX_TEMPFAIL
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

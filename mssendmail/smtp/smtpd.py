@@ -61,9 +61,10 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mssendmail import config
-from mssendmail.errors import EX_OK, EX_OSERR, ConfigError, MssendmailError, UsageError, exit_code
+from mssendmail.errors import EX_OK, CannotListen, ConfigError, UsageError, run_main
 from mssendmail.smtp.protocol import QueueHandler, Server, local_hostname
 from mssendmail.spool.layout import Spool
+from mssendmail.usage import Parser
 
 PROG = "mssendmail-smtpd"
 log = logging.getLogger("mssendmail.smtp.smtpd")
@@ -404,9 +405,7 @@ def hash_password_command(user: str | None) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="SMTP listener that queues mail for mssendmail-worker."
-    )
+    parser = Parser(prog=PROG, description="SMTP listener that queues mail for mssendmail-worker.")
     parser.add_argument("--config", metavar="PATH", help="config file (default: %(default)s)")
     parser.add_argument(
         "--hash-password",
@@ -426,26 +425,21 @@ def setup_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Ctrl-C on a listener in the foreground is a normal stop, as SIGINT is.
+    return run_main(PROG, lambda: serve(args), on_interrupt=EX_OK)
+
+
+def serve(args: argparse.Namespace) -> int:
+    if args.hash_password is not None:
+        return hash_password_command(args.hash_password or None)
+    cfg = config.load(args.config)
+    sockets = activated_sockets()
+    conf = settings(cfg, sockets)
+    setup_logging()
     try:
-        if args.hash_password is not None:
-            return hash_password_command(args.hash_password or None)
-        cfg = config.load(args.config)
-        sockets = activated_sockets()
-        conf = settings(cfg, sockets)
-        setup_logging()
-        try:
-            asyncio.run(run(conf))
-        except OSError as exc:
-            print(
-                f"{PROG}: cannot listen: {exc}; free the port or change SMTPD_LISTEN",
-                file=sys.stderr,
-            )
-            return EX_OSERR
-    except MssendmailError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except KeyboardInterrupt:
-        return EX_OK
+        asyncio.run(run(conf))
+    except OSError as exc:
+        raise CannotListen(f"cannot listen: {exc}; free the port or change SMTPD_LISTEN") from exc
     return EX_OK
 
 
