@@ -256,6 +256,12 @@ def _graph(
                     {},
                 )
                 return 404
+        if fault is None and action is _send and draft is not None:
+            fault = fake._planned(
+                BytesHeaderParser(policy=compat32).parsebytes(draft.mime)["subject"]
+            )
+            if fault is not None and not fault.accept:
+                return h._fault(fault, request_id, json_error=False)
         if fault is not None:
             return _accepted_then(h, fault, action, fake, state, mailbox, draft, body, request_id)
         result: int = action(h, fake, state, mailbox, draft, body, request_id)
