@@ -47,12 +47,11 @@ from typing import Any
 
 from mssendmail import __version__, config, logs
 from mssendmail.argv import Parser
-from mssendmail.delivery import affinity, outcome
+from mssendmail.delivery import affinity, idempotency, outcome
 from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.delivery.pickup import listing, pickup
 from mssendmail.errors import EX_TEMPFAIL, ConfigError, MssendmailError, exit_code, run_main
 from mssendmail.spool import pause
-from mssendmail.spool.claim import recover
 from mssendmail.spool.layout import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
 from mssendmail.transport import from_config
 
@@ -317,7 +316,7 @@ class Worker:
 
     def housekeeping(self, now: float) -> None:
         """What killed processes leave behind: claims, temp files, parked sent mail."""
-        recover(self.spool)
+        idempotency.recover(self.spool, now)  # marks each one's outcome unknown
         for name in sweep_temps(self.spool, now):
             log.info(logs.kv(event="removed-temp", file=name))
         outcome.sweep_sent(self.spool, now)
