@@ -109,6 +109,7 @@ def test_json_output(
         "paused_until",
         "pause_reason",
         "heartbeat",
+        "mime_fixed",
     }
 
 
