@@ -506,3 +506,20 @@ def test_property_prepared_message_is_valid_and_decodes_to_the_submitted_text(
     cfg = Config({"SENDER": "relay@example.com"})
     result = prepare(message, envelope("a@example.org"), cfg, "q1")
     check_delivered(result.mime, subject, text)
+
+
+def test_large_message_path_gets_the_repairs_too() -> None:
+    """Over ~3 MB the draft + upload path (graph/large.py) sends prepare()'s output."""
+    from mssendmail.graph import large
+
+    text = ("Ошибка " * 300 + "\n").encode() * 2000  # 4.8 MB of 4,200-octet lines
+    cfg = Config({"SENDER": "relay@example.com"})
+    message = b"From: root\nTo: a@example.org\nSubject: big\n\n" + text
+    result = prepare(message, envelope("a@example.org"), cfg, "q1")
+    assert result.mime_fixed == ("charset", "mime", "qp")
+    assert longest_line(result.mime) <= MAX_LINE
+    plan = large.plan(result.mime)
+    (upload,) = plan.uploads
+    decoded = b"".join(large.chunks_from(result.mime, upload.part, 0))
+    assert decoded == text.replace(b"\n", b"\r\n")
+    assert longest_line(plan.draft) <= MAX_LINE
