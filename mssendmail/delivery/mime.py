@@ -182,7 +182,7 @@ def normalise(mime: bytes, default_charset: str = "iso-8859-1") -> Normalised:
         return Normalised(mime, kept="signed")
     walk = _Walk(mime, default_charset)
     walk.run(fields, head_end)
-    new_fields = [_encode_field(f, n, default_charset) for f, n in zip(fields, names, strict=True)]
+    new_fields = [_encode_field(f, n, default_charset) for f, n in zip(fields, names)]
     if new_fields != fields:
         walk.fixed.add("rfc2047")
     if walk.top_fields is not None:
@@ -493,7 +493,7 @@ def _set_charset(fields: list[bytes], charset: str) -> list[bytes]:
 
 def _merge(encoded: list[bytes], original: list[bytes], walked: list[bytes]) -> list[bytes]:
     """The top header: the walk's Content-* edits applied over the RFC 2047 pass."""
-    by_field = dict(zip(original, encoded, strict=True))
+    by_field = dict(zip(original, encoded))
     return [by_field.get(f, f) for f in walked]
 
 
