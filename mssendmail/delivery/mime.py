@@ -48,8 +48,6 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from email.message import Message
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import getaddresses
 
 CRLF = b"\r\n"
@@ -116,6 +114,7 @@ STRUCTURED_FIELDS = frozenset(
         "list-archive",
     }
 )
+_CONTENT = ("content-type", "content-transfer-encoding")
 _CHARSET_PARAM = re.compile(rb"(;\s*charset\s*=\s*)(\"[^\"]*\"|[^;\s]*)", re.I)
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 _WORDS = re.compile(r"([ \t]+)")  # ASCII white space only: NBSP is text
@@ -181,7 +180,7 @@ def normalise(mime: bytes, default_charset: str = "iso-8859-1") -> Normalised:
     if top.get_content_type() in OPAQUE_TYPES:
         return Normalised(mime, kept="signed")
     walk = _Walk(mime, default_charset)
-    walk.run(fields, head_end)
+    walk.run(fields, top, head_end)
     new_fields = [_encode_field(f, n, default_charset) for f, n in zip(fields, names)]
     if new_fields != fields:
         walk.fixed.add("rfc2047")
@@ -225,7 +224,14 @@ def _name(field: bytes) -> str:
 
 
 def _headers(fields: list[bytes]) -> Message:
-    return BytesHeaderParser(policy=compat32).parsebytes(b"".join(fields) + CRLF)
+    """The Content-Type and -Transfer-Encoding fields, parsed (the only ones read)."""
+    headers = Message()  # compat32: get_param copes with what a hostile value holds
+    for field in fields:
+        if field[:8].lower() == b"content-" and _name(field) in _CONTENT:
+            name, _, value = field.partition(b":")
+            unfolded = value.replace(CRLF, b"").strip(b" \t")
+            headers[name.strip().decode("latin-1")] = unfolded.decode("ascii", "surrogateescape")
+    return headers
 
 
 def _delimiters(mime: bytes, body: int, end: int, boundary: bytes) -> list[int] | None:
@@ -268,7 +274,7 @@ class _Walk:
         self.kept = ""
         self.top_fields: list[bytes] | None = None
 
-    def run(self, top_fields: list[bytes], top_body: int) -> None:
+    def run(self, top_fields: list[bytes], top: Message, top_body: int) -> None:
         # (header start, body start, end, depth, default content type)
         stack: list[tuple[int, int, int, int, str]] = [(0, top_body, len(self.mime), 0, "")]
         parts = 0
@@ -276,7 +282,7 @@ class _Walk:
             start, body, end, depth, default = stack.pop()
             parts += 1
             fields = top_fields if start == 0 else _split_fields(self.mime[start : body - 2])
-            headers = _headers(fields)
+            headers = top if start == 0 else _headers(fields)
             ctype = headers.get_content_type() if "content-type" in headers else default
             ctype = ctype or "text/plain"
             if ctype in OPAQUE_TYPES:
