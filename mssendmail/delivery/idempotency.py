@@ -121,7 +121,7 @@ def before_send(
     prepared: Prepared,
     record: dict[str, Any],
 ) -> str | None:
-    """ "sent" / "deferred" when the message was handled here, None to send it."""
+    """What happened: "sent" or "deferred" (handled here), or None to send it now."""
     unknown = state.get(UNKNOWN)
     if not isinstance(unknown, dict):
         return None
