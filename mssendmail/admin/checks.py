@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from mssendmail.admin.listing import printable
 from mssendmail.config import Config, load
 from mssendmail.delivery import affinity
-from mssendmail.errors import MssendmailError
+from mssendmail.errors import EX_CONFIG, EX_OK, MssendmailError
 from mssendmail.spool import meta, pause
 from mssendmail.spool.layout import DIR_MODES, ROOT_MODE, STATE, TRIGGER_MODE, Spool, service_ids
 
@@ -330,4 +330,4 @@ def check_pause(spool: Spool, now: float | None = None) -> Result | None:
 
 def exit_status(results: list[Result]) -> int:
     """78 (EX_CONFIG) on any FAIL, else 0."""
-    return 78 if any(r.status == FAIL for r in results) else 0
+    return EX_CONFIG if any(r.status == FAIL for r in results) else EX_OK

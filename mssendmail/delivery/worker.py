@@ -50,13 +50,14 @@ from mssendmail.argv import Parser
 from mssendmail.delivery import affinity, idempotency, outcome
 from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.delivery.pickup import listing, pickup
-from mssendmail.errors import ConfigError, MssendmailError, exit_code
+from mssendmail.errors import EX_TEMPFAIL, ConfigError, MssendmailError, exit_code, run_main
 from mssendmail.spool import pause
 from mssendmail.spool.layout import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
 from mssendmail.transport import from_config
 
 log = logging.getLogger("mssendmail.delivery.worker")
 
+PROG = "mssendmail-worker"
 RESCAN_SECONDS = 1.0
 PREPARE_AHEAD = 2  # threads beyond CONCURRENCY that prepare while others wait on Graph
 PICKUP_BATCH = 64  # small rounds keep dispatch going while a big maildrop/ drains
@@ -331,7 +332,7 @@ class Worker:
         self.sweep(self.ctx.now())
         now = self.ctx.now()
         if pause.queue_paused_until(self.spool) > now or self.stall_until > now:
-            return 75
+            return EX_TEMPFAIL
         return 0
 
     def drain_inflight(self) -> None:
@@ -380,30 +381,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+START_HINT = "check QUEUE_DIR and run 'mssendmail-queue init'"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = config.load(args.config)
-        logs.setup(cfg.log_dir, args.verbose)
-        concurrency = cfg.integer("CONCURRENCY")
-        if not 1 <= concurrency <= 64:
-            raise ConfigError("CONCURRENCY must be between 1 and 64")
-        from mssendmail.delivery.prepare import policy_for
+    return run_main(PROG, lambda: serve(args), hint=START_HINT)
 
-        policy_for(cfg)  # SENDER, ALLOWED_FROM, ALIASES: fail now (78), not per message
-        cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
-        ctx = build_context(cfg)
-        worker = Worker(ctx, concurrency, args.once)
-    except MssendmailError as exc:
-        print(f"mssendmail-worker: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except OSError as exc:
-        print(
-            f"mssendmail-worker: cannot start: {exc}; check QUEUE_DIR and run "
-            "'mssendmail-queue init'",
-            file=sys.stderr,
-        )
-        return 75
+
+def serve(args: argparse.Namespace) -> int:
+    """Start up (errors end here, through run_main), then run until done or stopped."""
+    cfg = config.load(args.config)
+    logs.setup(cfg.log_dir, args.verbose)
+    concurrency = cfg.integer("CONCURRENCY")
+    if not 1 <= concurrency <= 64:
+        raise ConfigError("CONCURRENCY must be between 1 and 64")
+    from mssendmail.delivery.prepare import policy_for
+
+    policy_for(cfg)  # SENDER, ALLOWED_FROM, ALIASES: fail now (78), not per message
+    cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
+    ctx = build_context(cfg)
+    worker = Worker(ctx, concurrency, args.once)
 
     def stop(signum: int, frame: Any) -> None:
         worker.stopping.set()

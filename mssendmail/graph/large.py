@@ -43,7 +43,6 @@ FILES: none.
 from __future__ import annotations
 
 import binascii
-import itertools
 import json
 import logging
 import mimetypes
@@ -193,7 +192,7 @@ def parse(mime: bytes, start: int = 0, end: int | None = None, depth: int = 0) -
     if delims is None or len(delims) < 2:
         return part  # no close delimiter or no part: leave it alone
     part.boundary = boundary
-    for (d_start, content_start), (next_start, _) in itertools.pairwise(delims):
+    for (d_start, content_start), (next_start, _) in zip(delims, delims[1:]):
         child = parse(mime, content_start, next_start, depth + 1)
         child.cut = (d_start, next_start)
         part.children.append(child)
@@ -506,7 +505,7 @@ class LargeSender:
                 url,
                 data=body,
                 headers=headers,
-                timeout=self.t.timeout,  # type: ignore[arg-type]
+                timeout=self.t.timeout,
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
@@ -692,7 +691,7 @@ class LargeSender:
                 data=chunk,
                 headers=headers,
                 auth=_no_auth,
-                timeout=self.t.timeout,  # type: ignore[arg-type]
+                timeout=self.t.timeout,
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
@@ -723,7 +722,7 @@ class LargeSender:
             response = self.t.session.get(
                 url,
                 auth=_no_auth,
-                timeout=self.t.timeout,  # type: ignore[arg-type]
+                timeout=self.t.timeout,
                 allow_redirects=False,
             )
         except requests.RequestException:
