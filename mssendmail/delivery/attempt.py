@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mssendmail.config import Config
-from mssendmail.delivery import idempotency, limits, outcome
+from mssendmail.delivery import cleanup, idempotency, limits, outcome
 from mssendmail.delivery.retry import backoff
 from mssendmail.errors import (
     ConfigError,
@@ -272,6 +272,7 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
         outcome.sent_unrecorded(spool, held)
         return Outcome.SENT
     pause.clear_queue_pause(spool)
+    cleanup.schedule(ctx, qid, prepared.mailbox, prepared.message_id, sent_at)
     return Outcome.SENT
 
 
