@@ -222,6 +222,7 @@ class Worker:
             "mode": "once" if self.once else "service",
             "version": __version__,
             "inflight": len(self.inflight),
+            "mime_fixed": self.ctx.mime_fixes.snapshot(),  # since this worker started
         }
         path = self.spool.path(STATE, HEARTBEAT_FILE)
         tmp = f"{path}.{os.getpid()}.tmp"
