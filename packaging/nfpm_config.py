@@ -12,11 +12,13 @@ import json
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 NAME = "mssendmail"
 MAINTAINER = "mssendmail developers <mssendmail@localhost>"
+SUMMARY = "Sendmail drop-in that delivers mail through Microsoft Graph"
 # Config files: dpkg conffiles, rpm %config. The .env never changes between
 # versions (so upgrades never ask), the template always may.
 CONFIG = {
@@ -73,12 +75,25 @@ def contents(root: Path) -> list[dict[str, Any]]:
             )
             continue
         mode = stat.S_IMODE(os.lstat(path).st_mode)
-        entries.append({"src": str(path), "dst": dst, "file_info": {"mode": mode}})
+        entry: dict[str, Any] = {"src": str(path), "dst": dst, "file_info": {"mode": mode}}
+        if dst.startswith("/usr/share/doc/"):
+            # rpm %doc (nfpm packs them as plain files in the .deb)
+            entry["type"] = "doc"
+        entries.append(entry)
     entries.append(
         {
             "dst": "/etc/mssendmail",
             "type": "dir",
             "file_info": {"mode": 0o750, "owner": "root", "group": "mssendmail"},
+        }
+    )
+    # logrotate's target; the deb creates it in postinst (the user comes later).
+    entries.append(
+        {
+            "dst": "/var/log/mssendmail",
+            "type": "dir",
+            "file_info": {"mode": 0o750, "owner": "mssendmail", "group": "mssendmail"},
+            "packager": "rpm",
         }
     )
     for links, packager in ((LINKS, "deb"), (RPM_LINKS, "rpm")):
@@ -112,11 +127,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--release", required=True)
     parser.add_argument("--arch", required=True)
     parser.add_argument("--python-min", required=True)
-    parser.add_argument("--description", required=True)
+    parser.add_argument("--changelog", type=Path, required=True, help="chglog file to write")
     args = parser.parse_args(argv)
     deb_python, rpm_python = python_requirements(args.python_min)
+    # One entry (rpm %changelog, changelog.Debian): the history is git's.
+    args.changelog.write_text(
+        json.dumps(
+            [
+                {
+                    "semver": f"{args.version}-{args.release}",
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "packager": MAINTAINER,
+                    "changes": [
+                        {"note": f"mssendmail {args.version}; changes: the project's git log"}
+                    ],
+                }
+            ]
+        )
+    )
     description = (
-        f"{args.description}.\n"
+        f"{SUMMARY}\n"
         "A drop-in /usr/sbin/sendmail that spools every message durably and\n"
         "delivers it through the Microsoft Graph API (no SMTP AUTH, only HTTPS\n"
         "out). Its Python dependencies travel inside the package and are\n"
@@ -137,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         "license": "MIT",
         "contents": contents(args.root),
         "deb": {"compression": "xz"},
-        "rpm": {"summary": args.description, "group": "System Environment/Daemons"},
+        "changelog": str(args.changelog),
+        "rpm": {"summary": SUMMARY, "group": "System Environment/Daemons"},
         "overrides": {
             "deb": {
                 # As nullmailer: apt swaps out exim4, postfix or nullmailer.
@@ -149,7 +180,13 @@ def main(argv: list[str] | None = None) -> int:
                 "scripts": scripts(args.scripts, "deb"),
             },
             "rpm": {
-                "depends": [rpm_python, "shadow-utils", "/usr/sbin/alternatives", "systemd"],
+                "depends": [
+                    rpm_python,
+                    "shadow-utils",
+                    "/usr/sbin/alternatives",
+                    "systemd",
+                    "logrotate",
+                ],
                 "provides": ["MTA", "smtpdaemon", "server(smtp)"],
                 "scripts": scripts(args.scripts, "rpm"),
             },

@@ -143,7 +143,6 @@ print(f"PY_MIN=3.{minor}")
 print("PY_MINORS=(" + " ".join(str(v) for v in range(max(minor, 9), 15)) + ")")
 print("DEPS=(" + " ".join(shlex.quote(d) for d in project["dependencies"]) + ")")
 print("SCRIPTS=(" + " ".join(shlex.quote(f"{k}={v}") for k, v in project["scripts"].items()) + ")")
-print(f"DESCRIPTION={shlex.quote(project['description'])}")
 EOF
 )"
 VERSION=${VERSION:-$PY_VERSION}
@@ -268,7 +267,7 @@ CONFIG=$WORK/nfpm.json
 mkdir -p "$WORK/empty"
 "$PYTHON" "$REPO/packaging/nfpm_config.py" --root "$ROOT" --scripts "$REPO/packaging/scripts" \
 	--version "$VERSION" --release "$RELEASE" --arch "$ARCH" --python-min "$PY_MIN" \
-	--description "$DESCRIPTION" >"$CONFIG"
+	--changelog "$WORK/changelog.yaml" >"$CONFIG"
 for format in deb rpm; do
 	[ -z "$ONLY" ] || [ "$ONLY" = "$format" ] || continue
 	case $format in
