@@ -372,7 +372,8 @@ def test_rpm_installs_into_a_scratch_root(rpm_file: Path, base: Path, tmp_path: 
     assert root.ok("readlink", "/etc/alternatives/mta").strip() == "/usr/sbin/sendmail.mssendmail"
     assert root.stat("/etc/mssendmail/.env") == "640 root mssendmail"
     assert root.stat(MAILDROP) == "3773 mssendmail mssendmail"
-    sent = root.run("/usr/sbin/sendmail", "-t", "-i", user="nobody", input=message("via rpm"))
+    root.ok("useradd", "--create-home", "alice")
+    sent = root.run("/usr/sbin/sendmail", "-t", "-i", user="alice", input=message("via rpm"))
     assert sent.returncode == 0, sent.stderr
     assert maildrop_count(root) == 1
 
