@@ -44,6 +44,15 @@ RPM_LINKS = {
 }
 
 
+# `man sendmail` and friends: the .deb owns these names; on RHEL the MTA
+# whose alternative is chosen does.
+DEB_ONLY = {
+    "/usr/share/man/man8/sendmail.8.gz",
+    "/usr/share/man/man1/mailq.1.gz",
+    "/usr/share/man/man8/newaliases.8.gz",
+}
+
+
 def python_requirements(minimum: str) -> tuple[str, str]:
     """Debian and RPM spellings of "a python3 at least this new"."""
     deb = f"python3 (>= {minimum})"
@@ -79,6 +88,8 @@ def contents(root: Path) -> list[dict[str, Any]]:
         if dst.startswith("/usr/share/doc/"):
             # rpm %doc (nfpm packs them as plain files in the .deb)
             entry["type"] = "doc"
+        if dst in DEB_ONLY:
+            entry["packager"] = "deb"
         entries.append(entry)
     entries.append(
         {

@@ -19,7 +19,7 @@
 #      launchers in /usr/bin (one `python -I` script per console script,
 #      importing only its entry point), the systemd units (paths rewritten,
 #      ExecCondition added), sysusers.d, tmpfiles.d, logrotate, the config
-#      and its template, the docs and any built man pages (man/*.[1-8]);
+#      and its template, the docs and the built man pages (man/build);
 #   4. nfpm turns packaging/nfpm.json (generated) into both packages.
 #   Nothing is downloaded at install time: the maintainer scripts build the
 #   private venv /usr/lib/mssendmail/venv from the wheelhouse, offline.
@@ -250,9 +250,9 @@ install -m 0644 "$REPO/README.md" "$ROOT/usr/share/doc/mssendmail/README.md"
 	echo "License: MIT"
 	sed 's/^/ /; s/^ $/ ./' "$REPO/LICENSE"
 } >"$ROOT/usr/share/doc/mssendmail/copyright"
-# Man pages, once built (the man/ sources' build step writes man/NAME.N).
+# Man pages, as util/build-man.sh writes them (man/build/NAME.N).
 MAN_PAGES=0
-for page in "$REPO"/man/*.[1-8] "$REPO"/docs/man/*.[1-8]; do
+for page in "$REPO"/man/build/*.[1-8]; do
 	[ -f "$page" ] || continue
 	section=${page##*.}
 	install -d "$ROOT/usr/share/man/man$section"
@@ -260,6 +260,14 @@ for page in "$REPO"/man/*.[1-8] "$REPO"/docs/man/*.[1-8]; do
 	gzip -9n <"$page" >"$gz"
 	MAN_PAGES=$((MAN_PAGES + 1))
 done
+if [ -f "$ROOT/usr/share/man/man8/mssendmail.8.gz" ]; then
+	# `man sendmail`, `man mailq`, `man newaliases`: the .deb owns those names
+	# (packaging/nfpm_config.py leaves them out of the .rpm).
+	for alias in man8/sendmail.8 man1/mailq.1 man8/newaliases.8; do
+		install -d "$ROOT/usr/share/man/${alias%%/*}"
+		echo ".so man8/mssendmail.8" | gzip -9n >"$ROOT/usr/share/man/$alias.gz"
+	done
+fi
 say "staged $MAN_PAGES man page(s)"
 
 # 4. nfpm -------------------------------------------------------------------------
