@@ -85,7 +85,7 @@ def contents(root: Path) -> list[dict[str, Any]]:
             continue
         mode = stat.S_IMODE(os.lstat(path).st_mode)
         entry: dict[str, Any] = {"src": str(path), "dst": dst, "file_info": {"mode": mode}}
-        if dst.startswith("/usr/share/doc/"):
+        if dst.startswith(("/usr/share/doc/", "/usr/share/man/")):
             # rpm %doc (nfpm packs them as plain files in the .deb)
             entry["type"] = "doc"
         if dst in DEB_ONLY:
