@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mssendmail.config import Config
-from mssendmail.delivery import cleanup, idempotency, limits, outcome
+from mssendmail.delivery import cleanup, idempotency, outcome, protection
 from mssendmail.delivery.mime import FixCounts
 from mssendmail.delivery.retry import backoff
 from mssendmail.errors import (
@@ -232,7 +232,9 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
     }
     handled = idempotency.before_send(ctx, held, state, prepared, record_info)
     if handled is None:
-        handled = limits.before_send(ctx, held, state, prepared.mailbox, len(prepared.recipients))
+        handled = protection.before_send(
+            ctx, held, state, prepared.mailbox, len(prepared.recipients)
+        )
     if handled is not None:
         return Outcome(handled)
     attempt = meta.attempts(state) + 1
@@ -242,7 +244,7 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
         with ctx.gate.slot(prepared.mailbox):
             delivered = ctx.transport.send(prepared.mailbox, prepared.mime, qid)
     except DeliveryError as exc:
-        limits.after_failure(ctx, prepared.mailbox, len(prepared.recipients), exc)
+        protection.after_failure(ctx, prepared.mailbox, len(prepared.recipients), exc)
         ms = int((time.monotonic() - started) * 1000)
         log.info(
             kv(

@@ -1,4 +1,4 @@
-"""Daily recipient budget and pacing per mailbox, on a fake clock (mssendmail.delivery.limits)."""
+"""Daily recipient budget and pacing per mailbox, on a fake clock (mssendmail.delivery.protection)."""
 
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def test_warning_at_80_percent_once(spool: Spool) -> None:
     ctx = make_ctx(spool, Recording(clock), clock, DAILY_RECIPIENT_LIMIT="10")
     queue(spool, 10)
     handler = Collect()
-    logger = logging.getLogger("mssendmail.delivery.limits")
+    logger = logging.getLogger("mssendmail.delivery.protection")
     logger.addHandler(handler)
     try:
         for qid, area in due(spool, clock.t):

@@ -38,7 +38,7 @@ from mssendmail.spool.claim import Claim
 if TYPE_CHECKING:
     from mssendmail.delivery.attempt import Context
 
-log = logging.getLogger("mssendmail.delivery.limits")
+log = logging.getLogger("mssendmail.delivery.protection")
 
 WAIT = "wait"  # the meta/ key
 SLOT = "pace_slot"
