@@ -49,6 +49,7 @@ from mssendmail import __version__, config, logs
 from mssendmail.delivery import affinity, outcome
 from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.delivery.pickup import listing, pickup
+from mssendmail.delivery.skips import SkipList, Stalled, describe
 from mssendmail.errors import ConfigError, MssendmailError, exit_code
 from mssendmail.spool import pause
 from mssendmail.spool.claim import recover
@@ -65,6 +66,8 @@ FLUSH_MIN_INTERVAL = 60.0
 SWEEP_INTERVAL = 600.0
 RECOVER_SECONDS = 60.0
 ERROR_PAUSE = 10.0  # after an unexpected error (disk full, a bug): stop dispatching this long
+PICKUP_BACKOFF_MIN = 1.0  # pickup short of fds, memory or disk: first wait, doubling
+PICKUP_BACKOFF_MAX = 60.0
 
 
 class Worker:
@@ -97,6 +100,11 @@ class Worker:
         # it no longer holds up dispatch in this one.
         self.pickup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pickup")
         self.picking: Future[list[str]] | None = None
+        self.skips = SkipList()  # maildrop/ entries tried once that can be neither queued nor moved
+        self.pickup_delay = 0.0
+        self.pickup_stall_until = 0.0
+        self.pickup_gave_up = False  # --once: pickup stalled, exit 75 when done
+        self.listing_picked = 1  # messages queued from the current listing (1: list at start)
         self.pending_ids: set[str] = set()
         self.outcomes: dict[Outcome, int] = {o: 0 for o in Outcome}
         self.network_failures = 0
@@ -267,22 +275,23 @@ class Worker:
             if not self.picking.done():
                 return True
             done, self.picking = self.picking, None
-            try:
-                picked = done.result()
-            except OSError as exc:  # the disk, most likely: the originals stay in maildrop/
-                log.error(logs.kv(event="pickup-error", error=exc.strerror or str(exc)))
-                self.stall_until = now + ERROR_PAUSE
-                picked = []
-            self.add_pending([(qid, QUEUE) for qid in picked])
-        if self.stopping.is_set():
+            self.add_pending([(qid, QUEUE) for qid in self._picked(done, now)])
+        if self.stopping.is_set() or self.pickup_gave_up or now < self.pickup_stall_until:
             return False
         if not self.backlog:
             idle = not self.pending and not self.inflight
             if not (idle or self.triggered or now - self.last_listing >= RESCAN_SECONDS):
                 return False
+            if self.once and not self.listing_picked and not self.triggered:
+                return False  # --once: the last listing brought nothing new; stop listing
             self.triggered = False
             self.last_listing = now
-            self.backlog = collections.deque(listing(self.spool))
+            self.listing_picked = 0
+            try:
+                self.backlog = collections.deque(listing(self.spool))
+            except OSError as exc:  # out of fds or memory
+                self._stall_pickup(exc, now)
+                return False
         elif len(self.pending) >= PICKUP_BATCH:
             return False
         batch = [self.backlog.popleft() for _ in range(min(PICKUP_BATCH, len(self.backlog)))]
@@ -291,9 +300,29 @@ class Worker:
         self.picking = self.pickup_pool.submit(self._pickup, batch)
         return True
 
+    def _picked(self, done: Future[list[str]], now: float) -> list[str]:
+        """The ids a finished pickup batch queued; a stall backs pickup off."""
+        try:
+            picked = done.result()
+        except Exception as exc:  # short of fds, memory or disk, or a bug: the originals stay
+            picked = exc.queued if isinstance(exc, Stalled) else []
+            self._stall_pickup(exc.cause if isinstance(exc, Stalled) else exc, now)
+        else:
+            self.pickup_delay = 0.0
+        self.listing_picked += len(picked)
+        return picked
+
+    def _stall_pickup(self, exc: BaseException, now: float) -> None:
+        """Back pickup off (doubling up to a minute); --once gives it up and exits 75."""
+        self.pickup_delay = min(PICKUP_BACKOFF_MAX, max(PICKUP_BACKOFF_MIN, self.pickup_delay * 2))
+        self.pickup_stall_until = now + self.pickup_delay
+        self.backlog.clear()  # listed again after the pause
+        self.pickup_gave_up = self.once
+        log.error(logs.kv(event="pickup-stalled", error=describe(exc), retry_in=self.pickup_delay))
+
     def _pickup(self, batch: list[str]) -> list[str]:
         try:
-            return pickup(self.spool, self.ctx.cfg.max_message_size, names=batch)
+            return pickup(self.spool, self.ctx.cfg.max_message_size, names=batch, skips=self.skips)
         finally:
             self.poke()
 
@@ -332,7 +361,7 @@ class Worker:
         now = self.ctx.now()
         if pause.queue_paused_until(self.spool) > now or self.stall_until > now:
             return 75
-        return 0
+        return 75 if self.pickup_gave_up else 0
 
     def drain_inflight(self) -> None:
         self.pickup_pool.shutdown(wait=True)  # its copies are queued, or their originals stay
