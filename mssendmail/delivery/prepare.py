@@ -53,7 +53,9 @@ from typing import Any
 
 from mssendmail.config import Config
 from mssendmail.delivery.aliases import AliasFile, Resolver
+from mssendmail.delivery.limits import check_comments
 from mssendmail.errors import ConfigError, DataError
+from mssendmail.spool import record
 
 CRLF = b"\r\n"
 FOLD_AT = 78
@@ -239,6 +241,7 @@ def clean_name(name: str | None) -> str:
 
 def _addresses(value: str) -> list[tuple[str, str]]:
     """(display name, address) pairs of an address-list header; group markers dropped."""
+    check_comments("an address header", value)  # getaddresses recurses on nested comments
     return [(name, addr) for name, addr in getaddresses([value]) if addr]
 
 
@@ -293,6 +296,8 @@ def _check_envelope(envelope: Mapping[str, Any]) -> _Envelope:
     when = envelope.get("time")
     if not isinstance(when, int | float) or isinstance(when, bool):
         when = time.time()
+    elif not record.time_ok(when):  # NaN, inf, 1e20: formatdate raised OverflowError
+        raise DataError(f"envelope time {when!r} is not a time between 1970 and 2500")
     addresses = []
     for rcpt in rcpts:
         rcpt = rcpt.strip()

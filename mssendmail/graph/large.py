@@ -60,6 +60,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from mssendmail.delivery.limits import LimitExceeded, check_comments
 from mssendmail.errors import DeliveryError, PermanentFailure, TemporaryFailure
 from mssendmail.graph.classify import classify_http, graph_error, one_line, parse_retry_after
 from mssendmail.logs import kv
@@ -164,6 +165,11 @@ def _header_end(mime: bytes, start: int, end: int) -> int:
 
 
 def _parse_headers(block: bytes) -> Message:
+    # The default policy's header parser recurses on nested comments.
+    try:
+        check_comments("a MIME part header", block.decode("latin-1"))
+    except LimitExceeded as exc:
+        raise PermanentFailure(str(exc), code=exc.limit) from None
     return BytesHeaderParser(policy=default_policy).parsebytes(block)
 
 
