@@ -60,6 +60,12 @@ DEFAULTS: dict[str, str] = {
     "MAX_ATTEMPTS": "",
     "DEAD_LETTER_NOTIFY": "",
     "SENT_RETENTION": "7d",
+    # Per-message limits (mssendmail.delivery.limits): over one = dead letter naming it.
+    "MAX_ATTACHMENTS": "250",
+    "MAX_MIME_PARTS": "1000",
+    "MAX_MIME_DEPTH": "20",
+    "MAX_HEADER_RECIPIENTS": "1000",
+    "MAX_GRAPH_REQUESTS": "500",
     # SMTP listener (mssendmail-smtpd).
     "SMTPD_LISTEN": "127.0.0.1:2525",
     "SMTPD_TLS_CERT": "",

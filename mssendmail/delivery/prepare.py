@@ -53,7 +53,13 @@ from typing import Any
 
 from mssendmail.config import Config
 from mssendmail.delivery.aliases import AliasFile, Resolver
-from mssendmail.delivery.limits import check_comments
+from mssendmail.delivery.limits import (
+    Limits,
+    check_comments,
+    check_header_recipients,
+    check_mime,
+    rough_address_count,
+)
 from mssendmail.errors import ConfigError, DataError
 from mssendmail.spool import record
 
@@ -89,7 +95,9 @@ class Policy:
         *,
         from_name: str = "",
         allowed_from: Iterable[str] = (),
+        limits: Limits | None = None,
     ) -> None:
+        self.limits = limits or Limits()
         self.sender = sender
         self.sender_domain = sender.rpartition("@")[2]
         self.resolver = resolver
@@ -134,6 +142,7 @@ class Policy:
             resolver,
             from_name=cfg.get("FROM_NAME"),
             allowed_from=cfg.addresses("ALLOWED_FROM"),
+            limits=Limits.from_config(cfg),
         )
 
     def allows(self, address: str) -> bool:
@@ -389,6 +398,7 @@ def prepare(
     else:
         # Joined from a view: a sliced body would be a third copy of the message.
         mime = b"".join((headers.to_bytes(), CRLF, memoryview(data)[body_at:]))
+    check_mime(mime, policy.limits)  # before any Graph request; LimitExceeded names the key
     return Prepared(mime, mailbox, recipients, warnings, message_id)
 
 
@@ -399,6 +409,7 @@ def _fix_recipient_headers(
     resolver = policy.resolver
     envelope = {r.lower() for r in recipients}
     visible: dict[str, str] = {}
+    _count_header_recipients(headers, policy)
     for name in ("to", "cc"):
         for index in headers.find(name):
             pairs = _addresses(headers.value(index))
@@ -428,6 +439,15 @@ def _fix_recipient_headers(
     hidden = [r for r in recipients if r.lower() not in visible]
     if hidden:
         headers.added.append(address_field("Bcc", [("", r) for r in hidden]))
+
+
+def _count_header_recipients(headers: _Headers, policy: Policy) -> None:
+    """MAX_HEADER_RECIPIENTS over To, Cc and Bcc; a rough count first, so a
+    100,000-address header is refused without parsing it."""
+    values = [headers.value(i) for name in ("to", "cc", "bcc") for i in headers.find(name)]
+    if sum(rough_address_count(v) for v in values) > 4 * policy.limits.header_recipients:
+        check_header_recipients(sum(rough_address_count(v) for v in values), policy.limits)
+    check_header_recipients(sum(len(_addresses(v)) for v in values), policy.limits)
 
 
 def _fix_from(headers: _Headers, policy: Policy, env: _Envelope, warnings: list[str]) -> str:

@@ -13,8 +13,9 @@ DESCRIPTION
     consent) pauses the whole queue instead of dead-lettering it.
 
     Without --once it runs as a service: it wakes on the trigger FIFO, rescans
-    every second, and on SIGTERM stops taking new work, lets in-flight sends
-    finish, and exits 0. Messages it could not finish stay queued.
+    every second, and on SIGTERM stops taking new work, gives in-flight sends
+    STOP_GRACE (5 s) to finish, and exits 0. Messages it could not finish stay
+    queued (or claimed in active/, recovered at the next start).
 
 SECURITY
     Runs as the mssendmail user. Reads the secrets in the config; writes
@@ -43,6 +44,7 @@ import signal
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import Any
 
 from mssendmail import __version__, config, logs
@@ -66,6 +68,7 @@ FLUSH_MIN_INTERVAL = 60.0
 SWEEP_INTERVAL = 600.0
 RECOVER_SECONDS = 60.0
 ERROR_PAUSE = 10.0  # after an unexpected error (disk full, a bug): stop dispatching this long
+STOP_GRACE = 5.0  # after SIGTERM, in-flight work gets this long before the worker exits
 PICKUP_BACKOFF_MIN = 1.0  # pickup short of fds, memory or disk: first wait, doubling
 PICKUP_BACKOFF_MAX = 60.0
 
@@ -107,6 +110,7 @@ class Worker:
         self.listing_picked = 1  # messages queued from the current listing (1: list at start)
         self.pending_ids: set[str] = set()
         self.outcomes: dict[Outcome, int] = {o: 0 for o in Outcome}
+        self.unfinished = 0  # in-flight work abandoned at STOP_GRACE after SIGTERM
         self.network_failures = 0
 
     # -- wake-ups -------------------------------------------------------
@@ -364,6 +368,19 @@ class Worker:
         return 75 if self.pickup_gave_up else 0
 
     def drain_inflight(self) -> None:
+        if self.stopping.is_set():
+            # SIGTERM: in-flight work gets STOP_GRACE seconds, not as long as
+            # a hostile message or a slow upload would take. What is left
+            # stays claimed in active/; the kernel drops the flocks when we
+            # exit and the next start recovers it (the resend window is the
+            # same as after kill -9).
+            running: list[Future[Any]] = list(self.inflight.values())
+            if self.picking is not None:
+                running.append(self.picking)
+            _, late = futures_wait(running, timeout=STOP_GRACE)
+            if late:
+                self.unfinished = len(late)
+                return
         self.pickup_pool.shutdown(wait=True)  # its copies are queued, or their originals stay
         self.pool.shutdown(wait=True)
         self.reap()
@@ -442,6 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ctx.transport.close()
     log.info(logs.kv(event="stop", **{o.value: n for o, n in worker.outcomes.items()}))
+    if worker.unfinished:
+        log.warning(logs.kv(event="stop-timeout", unfinished=worker.unfinished, grace=STOP_GRACE))
+        logging.shutdown()
+        # Pool threads still run (a long parse, a slow request): do not wait
+        # for them at interpreter exit. Their messages stay in active/.
+        os._exit(code)
     return code
 
 
