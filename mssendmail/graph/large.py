@@ -181,6 +181,12 @@ class PartBudget:
     max_depth: int
     parts: int = 0
 
+    def check_count(self, more: int) -> None:
+        """Refuse early when a multipart's delimiters alone exceed what is left."""
+        if self.parts + more - 1 > self.max_parts:
+            self.parts = self.max_parts
+            self.spend(0)
+
     def spend(self, depth: int) -> None:
         self.parts += 1
         if self.parts > self.max_parts:
@@ -224,6 +230,10 @@ def parse(
         boundary = raw_boundary.encode("ascii")
     except UnicodeEncodeError:
         return part
+    if budget is not None:
+        # bytes.count runs in C: a bomb of 60,000 parts is refused here,
+        # before a Python loop walks its delimiters.
+        budget.check_count(mime.count(b"\r\n--" + boundary, body, end))
     delims = _delimiters(mime, body, end, boundary)
     if delims is None or len(delims) < 2:
         return part  # no close delimiter or no part: leave it alone
