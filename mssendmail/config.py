@@ -66,6 +66,7 @@ DEFAULTS: dict[str, str] = {
     "MAX_MIME_DEPTH": "20",
     "MAX_HEADER_RECIPIENTS": "1000",
     "MAX_GRAPH_REQUESTS": "500",
+    "MAX_QUEUED_PER_USER": "",
     # SMTP listener (mssendmail-smtpd).
     "SMTPD_LISTEN": "127.0.0.1:2525",
     "SMTPD_TLS_CERT": "",

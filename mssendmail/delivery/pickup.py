@@ -63,6 +63,7 @@ class Staged:
     temp: str
     copy_fd: int
     source_fd: int
+    uid: int = -1  # the original's owner by fstat: the submitter the worker trusts
 
     def release(self) -> None:
         """Close both fds and drop the temp copy; safe to call twice."""
@@ -90,12 +91,14 @@ def pickup(
     limit: int | None = None,
     names: Iterable[str] | None = None,
     skips: SkipList | None = None,
+    owners: dict[str, int] | None = None,
 ) -> list[str]:
     """Ingest complete submissions (at most `limit`); returns the new ids, oldest first.
 
     `names` lets a caller with a big backlog list maildrop/ once and hand
     it out in batches, instead of listing it again for every batch. `skips`
     remembers, across calls, entries that can be neither queued nor moved.
+    `owners` gets the trusted (fstat) uid of each id queued.
 
     No error of one entry escapes: it is quarantined, or skipped and
     remembered. Raises Stalled (after queueing what it had copied) when the
@@ -125,6 +128,10 @@ def pickup(
             if copy is not None:
                 staged.append(copy)
         queued = _commit(spool, staged)
+        if owners is not None:
+            uids = {item.name: item.uid for item in staged}
+            for name in queued:
+                owners[name] = uids[name]
         if queued:
             # The copies are durable (fsync + link + directory fsync in
             # _commit) before any original goes; a crash in between leaves
@@ -259,7 +266,7 @@ def ingest(spool: Spool, name: str, max_size: int) -> Staged | None:
     except BaseException:
         os.close(fd)
         raise
-    return Staged(name, temp, copy_fd, fd)
+    return Staged(name, temp, copy_fd, fd, st.st_uid)
 
 
 def _copy_verified(

@@ -48,7 +48,7 @@ from concurrent.futures import wait as futures_wait
 from typing import Any
 
 from mssendmail import __version__, config, logs
-from mssendmail.delivery import affinity, outcome
+from mssendmail.delivery import affinity, fairness, outcome
 from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.delivery.pickup import listing, pickup
 from mssendmail.delivery.skips import SkipList, Stalled, describe
@@ -85,7 +85,10 @@ class Worker:
         self.threads = concurrency + PREPARE_AHEAD
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="send")
         self.inflight: dict[str, Future[Outcome]] = {}
-        self.pending: collections.deque[tuple[str, str]] = collections.deque()
+        self.pending = fairness.FairQueue()  # round-robin across submitter uids
+        self.uids: dict[str, int] = {}  # queue id -> trusted submitter uid
+        self.cap = ctx.cfg.optional_int("MAX_QUEUED_PER_USER")
+        self.own_uid = os.geteuid()  # smtpd's and notices' mail: never capped
         self.last_scan = 0.0
         self.stopping = threading.Event()
         self.wake_r, self.wake_w = os.pipe()
@@ -183,8 +186,9 @@ class Worker:
         otherwise cost a listing of every queued file each second.
         """
         if not self.pending:
-            self.pending = collections.deque(self.due(now))
-            self.pending_ids = {qid for qid, _ in self.pending}
+            self.pending = fairness.FairQueue()
+            self.pending_ids = set()
+            self.add_pending(self.due(now))
             self.last_scan = now
         elif now - self.last_scan >= RESCAN_SECONDS:
             self.last_scan = now
@@ -193,8 +197,14 @@ class Worker:
     def add_pending(self, items: list[tuple[str, str]]) -> None:
         for item in items:
             if item[0] not in self.pending_ids and item[0] not in self.inflight:
-                self.pending.append(item)
+                self.pending.append(item, self.uid_of(*item))
                 self.pending_ids.add(item[0])
+
+    def uid_of(self, qid: str, area: str) -> int:
+        uid = self.uids.get(qid)
+        if uid is None:
+            uid = self.uids[qid] = fairness.envelope_uid(self.spool.path(area, qid))
+        return uid
 
     def dispatch(self) -> None:
         while self.pending and len(self.inflight) < self.threads:
@@ -221,7 +231,10 @@ class Worker:
         for qid, future in list(self.inflight.items()):
             if future.done():
                 del self.inflight[qid]
-                self.outcomes[future.result()] += 1
+                result = future.result()
+                self.outcomes[result] += 1
+                if result is not Outcome.DEFERRED:
+                    self.uids.pop(qid, None)  # gone from the queue (or back in queue/)
 
     def heartbeat(self, now: float) -> None:
         data = {
@@ -292,7 +305,7 @@ class Worker:
             self.last_listing = now
             self.listing_picked = 0
             try:
-                self.backlog = collections.deque(listing(self.spool))
+                self.backlog = collections.deque(self.fair_listing())
             except OSError as exc:  # out of fds or memory
                 self._stall_pickup(exc, now)
                 return False
@@ -303,6 +316,22 @@ class Worker:
             return False
         self.picking = self.pickup_pool.submit(self._pickup, batch)
         return True
+
+    def fair_listing(self) -> list[str]:
+        """maildrop/ round-robin across owners; over MAX_QUEUED_PER_USER waits there."""
+        groups = fairness.owners(self.spool, listing(self.spool))
+        if self.cap is not None:
+            queued = collections.Counter(self.uids.values())
+            over = []
+            for uid, names in groups.items():
+                if uid == self.own_uid:
+                    continue
+                room = max(0, self.cap - queued[uid])
+                if len(names) >= room:
+                    over.append(uid)
+                del names[room:]
+            fairness.publish_over_cap(self.spool, over)
+        return list(fairness.interleave(groups.values()))
 
     def _picked(self, done: Future[list[str]], now: float) -> list[str]:
         """The ids a finished pickup batch queued; a stall backs pickup off."""
@@ -326,7 +355,13 @@ class Worker:
 
     def _pickup(self, batch: list[str]) -> list[str]:
         try:
-            return pickup(self.spool, self.ctx.cfg.max_message_size, names=batch, skips=self.skips)
+            return pickup(
+                self.spool,
+                self.ctx.cfg.max_message_size,
+                names=batch,
+                skips=self.skips,
+                owners=self.uids,
+            )
         finally:
             self.poke()
 
