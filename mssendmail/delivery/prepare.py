@@ -303,7 +303,7 @@ def _check_envelope(envelope: Mapping[str, Any]) -> _Envelope:
     if not isinstance(full_name, str):
         raise DataError("envelope full_name is not a string")
     when = envelope.get("time")
-    if not isinstance(when, int | float) or isinstance(when, bool):
+    if not isinstance(when, (int, float)) or isinstance(when, bool):
         when = time.time()
     elif not record.time_ok(when):  # NaN, inf, 1e20: formatdate raised OverflowError
         raise DataError(f"envelope time {when!r} is not a time between 1970 and 2500")

@@ -48,18 +48,19 @@ from concurrent.futures import wait as futures_wait
 from typing import Any
 
 from mssendmail import __version__, config, logs
-from mssendmail.delivery import affinity, fairness, outcome
+from mssendmail.argv import Parser
+from mssendmail.delivery import affinity, fairness, idempotency, outcome
 from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.delivery.pickup import listing, pickup
 from mssendmail.delivery.skips import SkipList, Stalled, describe
-from mssendmail.errors import ConfigError, MssendmailError, exit_code
+from mssendmail.errors import EX_TEMPFAIL, ConfigError, MssendmailError, exit_code, run_main
 from mssendmail.spool import pause
-from mssendmail.spool.claim import recover
 from mssendmail.spool.layout import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
 from mssendmail.transport import from_config
 
 log = logging.getLogger("mssendmail.delivery.worker")
 
+PROG = "mssendmail-worker"
 RESCAN_SECONDS = 1.0
 PREPARE_AHEAD = 2  # threads beyond CONCURRENCY that prepare while others wait on Graph
 PICKUP_BATCH = 64  # small rounds keep dispatch going while a big maildrop/ drains
@@ -383,7 +384,7 @@ class Worker:
 
     def housekeeping(self, now: float) -> None:
         """What killed processes leave behind: claims, temp files, parked sent mail."""
-        recover(self.spool)
+        idempotency.recover(self.spool, now)  # marks each one's outcome unknown
         for name in sweep_temps(self.spool, now):
             log.info(logs.kv(event="removed-temp", file=name))
         outcome.sweep_sent(self.spool, now)
@@ -399,8 +400,8 @@ class Worker:
         self.sweep(self.ctx.now())
         now = self.ctx.now()
         if pause.queue_paused_until(self.spool) > now or self.stall_until > now:
-            return 75
-        return 75 if self.pickup_gave_up else 0
+            return EX_TEMPFAIL
+        return EX_TEMPFAIL if self.pickup_gave_up else 0
 
     def drain_inflight(self) -> None:
         if self.stopping.is_set():
@@ -436,39 +437,52 @@ def build_context(cfg: config.Config) -> Context:
     )
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mssendmail-worker", description=__doc__.split("\n")[0])
-    parser.add_argument("--once", action="store_true", help="deliver what is due, then exit")
-    parser.add_argument("--config", help="config file (default /etc/mssendmail/.env)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="mssendmail-worker",
+        description=__doc__.split("\n")[0],
+        epilog="exit status: 0 done, 75 delivery paused (--once), 78 unusable config\n"
+        "See mssendmail-worker(8).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="deliver what is due, then exit (for timers)"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default ${config.ENV_PATH_VAR}, then {config.DEFAULT_PATH})",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log DEBUG lines too")
     parser.add_argument("--version", action="version", version=__version__)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+START_HINT = "check QUEUE_DIR and run 'mssendmail-queue init'"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = config.load(args.config)
-        logs.setup(cfg.log_dir, args.verbose)
-        concurrency = cfg.integer("CONCURRENCY")
-        if not 1 <= concurrency <= 64:
-            raise ConfigError("CONCURRENCY must be between 1 and 64")
-        from mssendmail.delivery.prepare import policy_for
+    return run_main(PROG, lambda: serve(args), hint=START_HINT)
 
-        policy_for(cfg)  # SENDER, ALLOWED_FROM, ALIASES: fail now (78), not per message
-        cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
-        ctx = build_context(cfg)
-        worker = Worker(ctx, concurrency, args.once)
-    except MssendmailError as exc:
-        print(f"mssendmail-worker: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except OSError as exc:
-        print(
-            f"mssendmail-worker: cannot start: {exc}; check QUEUE_DIR and run "
-            "'mssendmail-queue init'",
-            file=sys.stderr,
-        )
-        return 75
+
+def serve(args: argparse.Namespace) -> int:
+    """Start up (errors end here, through run_main), then run until done or stopped."""
+    cfg = config.load(args.config)
+    logs.setup(cfg.log_dir, args.verbose)
+    concurrency = cfg.integer("CONCURRENCY")
+    if not 1 <= concurrency <= 64:
+        raise ConfigError("CONCURRENCY must be between 1 and 64")
+    from mssendmail.delivery.prepare import policy_for
+
+    policy_for(cfg)  # SENDER, ALLOWED_FROM, ALIASES: fail now (78), not per message
+    cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
+    ctx = build_context(cfg)
+    worker = Worker(ctx, concurrency, args.once)
 
     def stop(signum: int, frame: Any) -> None:
         worker.stopping.set()

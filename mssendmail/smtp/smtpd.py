@@ -61,7 +61,14 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mssendmail import config
-from mssendmail.errors import EX_OK, EX_OSERR, ConfigError, MssendmailError, UsageError, exit_code
+from mssendmail.argv import Parser
+from mssendmail.errors import (
+    EX_OK,
+    CannotListen,
+    ConfigError,
+    UsageError,
+    run_main,
+)
 from mssendmail.smtp.protocol import QueueHandler, Server, local_hostname
 from mssendmail.spool.layout import Spool
 
@@ -403,11 +410,19 @@ def hash_password_command(user: str | None) -> int:
     return EX_OK
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="SMTP listener that queues mail for mssendmail-worker."
+def build_parser() -> Parser:
+    parser = Parser(
+        prog=PROG,
+        description="SMTP listener that queues mail for mssendmail-worker.",
+        epilog="exit status: 0 after SIGTERM, 71 cannot listen, 78 unusable config\n"
+        "See mssendmail-smtpd(8).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="PATH", help="config file (default: %(default)s)")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default ${config.ENV_PATH_VAR}, then {config.DEFAULT_PATH})",
+    )
     parser.add_argument(
         "--hash-password",
         nargs="?",
@@ -415,7 +430,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="USER",
         help="read a password from stdin, print a SMTPD_USERS_FILE entry (or just the hash)",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def setup_logging() -> None:
@@ -426,26 +445,21 @@ def setup_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Ctrl-C on a listener in the foreground is a normal stop, as SIGINT is.
+    return run_main(PROG, lambda: serve(args), on_interrupt=EX_OK)
+
+
+def serve(args: argparse.Namespace) -> int:
+    if args.hash_password is not None:
+        return hash_password_command(args.hash_password or None)
+    cfg = config.load(args.config)
+    sockets = activated_sockets()
+    conf = settings(cfg, sockets)
+    setup_logging()
     try:
-        if args.hash_password is not None:
-            return hash_password_command(args.hash_password or None)
-        cfg = config.load(args.config)
-        sockets = activated_sockets()
-        conf = settings(cfg, sockets)
-        setup_logging()
-        try:
-            asyncio.run(run(conf))
-        except OSError as exc:
-            print(
-                f"{PROG}: cannot listen: {exc}; free the port or change SMTPD_LISTEN",
-                file=sys.stderr,
-            )
-            return EX_OSERR
-    except MssendmailError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except KeyboardInterrupt:
-        return EX_OK
+        asyncio.run(run(conf))
+    except OSError as exc:
+        raise CannotListen(f"cannot listen: {exc}; free the port or change SMTPD_LISTEN") from exc
     return EX_OK
 
 
