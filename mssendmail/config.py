@@ -62,6 +62,13 @@ DEFAULTS: dict[str, str] = {
     "MAX_ATTEMPTS": "",
     "DEAD_LETTER_NOTIFY": "",
     "SENT_RETENTION": "7d",
+    # Per-message limits (mssendmail.delivery.limits): over one = dead letter naming it.
+    "MAX_ATTACHMENTS": "250",
+    "MAX_MIME_PARTS": "1000",
+    "MAX_MIME_DEPTH": "20",
+    "MAX_HEADER_RECIPIENTS": "1000",
+    "MAX_GRAPH_REQUESTS": "500",
+    "MAX_QUEUED_PER_USER": "",
     # Exactly once and mailbox protection (docs/delivery-safety.md).
     "SENT_ITEMS_DELAY": "5m",
     "DAILY_RECIPIENT_LIMIT": "10000",
