@@ -64,6 +64,7 @@ from mssendmail.admin import actions as admin
 from mssendmail.admin import checks, listing, stats
 from mssendmail.argv import Parser
 from mssendmail.errors import (
+    EX_CANTCREAT,
     EX_NOPERM,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
@@ -519,7 +520,13 @@ def cmd_stats(spool: Spool, args: argparse.Namespace) -> int:
         try:
             stats.write_prometheus(snapshot, args.prometheus)
         except OSError as exc:
-            raise MssendmailError(f"cannot write {args.prometheus}: {exc.strerror}") from None
+            # sysexits EX_CANTCREAT: a missing or unwritable directory, not a bug (70).
+            print(
+                f"{PROG}: cannot write {args.prometheus}: {exc.strerror}; "
+                "check that its directory exists and is writable",
+                file=sys.stderr,
+            )
+            return EX_CANTCREAT
     if args.json:
         out([stats.json_line(snapshot)])
     elif not args.prometheus or sys.stdout.isatty():

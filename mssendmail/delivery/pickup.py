@@ -185,7 +185,7 @@ def _commit(spool: Spool, staged: list[Staged]) -> list[str]:
         except OSError as exc:
             if is_resource_error(exc):
                 raise
-            log.error("cannot queue %s: %s", item.name, exc.strerror or exc)  # original stays
+            log.error(kv(event="cannot-queue", id=item.name, error=exc.strerror or str(exc)))
         finally:
             os.close(item.copy_fd)
             item.copy_fd = -1
@@ -206,7 +206,7 @@ def clean_temp(spool: Spool, name: str, now: float, skips: SkipList | None = Non
         quarantine(spool, name, "temp entry is not a regular file", skips)
         return True
     if remove_if_abandoned(path, now):
-        log.info("removed abandoned submission %s (%d bytes)", name, st.st_size)
+        log.info(kv(event="removed-abandoned", entry=name, bytes=st.st_size))
         return True
     return False
 

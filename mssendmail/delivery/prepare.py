@@ -74,6 +74,7 @@ _FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _DROP = frozenset({"return-path", "content-length"})
 _BLOCK = 1 << 20
+NOT_IN_ENVELOPE_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -450,11 +451,24 @@ def _fix_recipient_headers(
                 headers.fields[index] = address_field(header, pairs) if pairs else None
             for _, addr in pairs:
                 visible.setdefault(addr.lower(), addr)
-    for key, addr in visible.items():
-        if key not in envelope:
-            warnings.append(
-                f"header recipient {addr} is not an envelope recipient; Graph delivers to it anyway"
-            )
+    outside = [addr for key, addr in visible.items() if key not in envelope]
+    if len(outside) == 1:
+        warnings.append(
+            f"header recipient {outside[0]} is not an envelope recipient; "
+            "Graph delivers to it anyway"
+        )
+    elif outside:
+        # One line, not one per address: a 100,000-address To: wrote 100,001 lines.
+        first = ", ".join(outside[:NOT_IN_ENVELOPE_SHOWN])
+        more = (
+            f" and {len(outside) - NOT_IN_ENVELOPE_SHOWN} more"
+            if len(outside) > NOT_IN_ENVELOPE_SHOWN
+            else ""
+        )
+        warnings.append(
+            f"{len(outside)} header recipients are not envelope recipients ({first}{more}); "
+            "Graph delivers to them anyway"
+        )
 
     for index in headers.find("bcc"):
         for _, addr in _addresses(headers.value(index), "Bcc", warnings):

@@ -486,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """Start up (errors end here, through run_main), then run until done or stopped."""
+    # Whoever starts it (an admin's shell has umask 022): logs and spool
+    # files it creates are never world-readable.
+    os.umask(0o027)
     cfg = config.load(args.config)
     logs.setup(cfg.log_dir, args.verbose)
     concurrency = cfg.integer("CONCURRENCY")
