@@ -47,7 +47,7 @@ from typing import Any
 
 from mssendmail import __version__, config, logs
 from mssendmail.argv import Parser
-from mssendmail.delivery import affinity, cleanup, idempotency, outcome
+from mssendmail.delivery import affinity, cleanup, idempotency, limits, outcome
 from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.delivery.pickup import listing, pickup
 from mssendmail.errors import EX_TEMPFAIL, ConfigError, MssendmailError, exit_code, run_main
@@ -416,6 +416,7 @@ def serve(args: argparse.Namespace) -> int:
     cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
     ctx = build_context(cfg)
     cleanup.enabled(ctx)  # SENT_ITEMS must be keep or delete: exit 78 now
+    limits.validate(ctx)  # MAILBOX_RATE, DAILY_RECIPIENT_LIMIT
     worker = Worker(ctx, concurrency, args.once)
 
     def stop(signum: int, frame: Any) -> None:
