@@ -1,215 +1,155 @@
-"""Daily recipient budget and pacing per mailbox, on a fake clock (mssendmail.delivery.limits)."""
+"""Per-message limits (issue 12, finding 3): decided before any Graph request."""
 
 from __future__ import annotations
 
-import itertools
-import logging
-import multiprocessing
+import json
 import os
-import random
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mssendmail.admin import listing, safety, stats
 from mssendmail.config import Config
-from mssendmail.delivery.attempt import Context, Outcome, Policy, deliver
-from mssendmail.delivery.pickup import pickup
-from mssendmail.errors import PermanentFailure
-from mssendmail.spool import budget
-from mssendmail.spool.layout import DEFERRED, QUEUE, Spool, init_tree
+from mssendmail.delivery.attempt import Outcome, deliver
+from mssendmail.delivery.limits import KEYS, Limits
+from mssendmail.errors import ConfigError, PermanentFailure
+from mssendmail.graph.large import LargeSender
+from mssendmail.spool.layout import ACTIVE, DEAD, Spool
 from mssendmail.submission.writer import Submission, make_envelope
-from mssendmail.transport import Delivered
+from tests.test_deliver import Clock, Scripted, make_ctx, queue_one
 
-MAILBOX = "relay@example.com"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.t
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-class Recording:
-    """Sends succeed; remembers when (on the fake clock) and what."""
-
-    def __init__(self, clock: Clock, fail: Exception | None = None) -> None:
-        self.clock = clock
-        self.fail = fail
-        self.times: list[float] = []
-
-    def send(self, mailbox: str, mime: bytes, queue_id: str) -> Delivered:
-        if self.fail is not None:
-            raise self.fail
-        self.times.append(self.clock())
-        return Delivered(202, "r")
-
-    def close(self) -> None:
-        pass
+def bomb(parts: int, size: int = 2) -> bytes:
+    out = [b'From: a@example.com\nSubject: bomb\nContent-Type: multipart/mixed; boundary="b"\n\n']
+    for i in range(parts):
+        out.append(
+            b"--b\nContent-Type: application/octet-stream\n"
+            b'Content-Disposition: attachment; filename="f%d.bin"\n\n' % i + b"x" * size + b"\n"
+        )
+    out.append(b"--b--\n")
+    return b"".join(out)
 
 
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    init_tree(str(tmp_path / "queue"))
-    return Spool(str(tmp_path / "queue"))
+def nested(depth: int) -> bytes:
+    head = b"From: a@example.com\nSubject: deep\n"
+    body = b"Content-Type: text/plain\n\nleaf\n"
+    for n in range(depth):
+        body = (
+            b'Content-Type: multipart/mixed; boundary="b%d"\n\n--b%d\n' % (n, n)
+            + body
+            + b"--b%d--\n" % n
+        )
+    return head + body
 
 
-def make_ctx(spool: Spool, transport: Any, clock: Clock, **cfg: str) -> Context:
-    return Context(
-        spool=spool,
-        cfg=Config({"SENDER": MAILBOX, "QUEUE_DIR": spool.root, **cfg}),
-        transport=transport,
-        policy=Policy(retry_min=60, retry_max=3600, max_age=5 * 86400, max_attempts=None),
-        now=clock,
-        rng=random.Random(1),
+def dead_reason(spool: Spool, qid: str) -> str:
+    text: str = json.loads(Path(spool.reason_path(DEAD, qid)).read_text())["message"]
+    return text
+
+
+@pytest.mark.parametrize(
+    ("message", "key"),
+    [
+        (bomb(1500), "MAX_MIME_PARTS"),
+        (bomb(300), "MAX_ATTACHMENTS"),
+        (nested(25), "MAX_MIME_DEPTH"),
+        (
+            b"To: " + b", ".join(b"u%d@example.com" % i for i in range(50_000)) + b"\n\nx\n",
+            "MAX_HEADER_RECIPIENTS",
+        ),
+    ],
+)
+def test_over_a_limit_is_a_dead_letter_naming_it_and_nothing_is_sent(
+    spool: Spool, message: bytes, key: str
+) -> None:
+    qid = queue_one(spool, message)
+    transport = Scripted()
+    started = time.monotonic()
+    assert deliver(make_ctx(spool, transport, Clock()), qid, "queue") is Outcome.DEAD
+    assert time.monotonic() - started < 5
+    assert transport.sent == []
+    assert key in dead_reason(spool, qid)
+
+
+def test_within_the_limits_is_sent(spool: Spool) -> None:
+    qid = queue_one(spool, bomb(200))
+    transport = Scripted()
+    assert deliver(make_ctx(spool, transport, Clock()), qid, "queue") is Outcome.SENT
+    assert len(transport.sent) == 1
+
+
+def test_limits_are_config_keys_with_range_checks() -> None:
+    assert Limits.from_config(Config({})) == Limits()
+    assert Limits.from_config(Config({"MAX_ATTACHMENTS": "10"})).attachments == 10
+    for key, (_, low, high) in KEYS.items():
+        for bad in (str(low - 1), str(high + 1), "many"):
+            with pytest.raises(ConfigError, match=key):
+                Limits.from_config(Config({key: bad}))
+
+
+class NoNetwork:
+    """A GraphTransport stand-in that fails the test on any request."""
+
+    graph_url = "https://graph.invalid"
+    max_requests = 3
+
+    @property
+    def tokens(self) -> Any:
+        raise AssertionError("a token was asked for")
+
+    @property
+    def session(self) -> Any:
+        raise AssertionError("a Graph request was made")
+
+
+def test_graph_requests_per_large_attempt_are_counted_before_the_first_request() -> None:
+    from mssendmail.delivery.prepare import normalise_newlines
+
+    mime = normalise_newlines(bomb(12, 400_000))  # ~4.8 MB: the large path, 12 posts
+    sender = LargeSender(NoNetwork(), "relay@example.com", "q1")  # type: ignore[arg-type]
+    with pytest.raises(PermanentFailure, match="MAX_GRAPH_REQUESTS=3"):
+        sender.send(mime)
+
+
+def test_sigterm_stops_the_worker_while_it_plans_a_mime_bomb(spool: Spool, tmp_path: Path) -> None:
+    with Submission(spool, 1 << 24) as sub:
+        sub.write(bomb(60_000, 60))
+        sub.commit(make_envelope("a@example.com", ["b@example.com"]))
+    outbox = tmp_path / "out"
+    outbox.mkdir()
+    cfg = tmp_path / "w.env"
+    cfg.write_text(
+        f"QUEUE_DIR={spool.root}\nTRANSPORT=file\nOUTBOX_DIR={outbox}\n"
+        "SENDER=relay@example.com\nMAX_MIME_PARTS=1000000\nMAX_ATTACHMENTS=100000\n"
     )
-
-
-def queue(spool: Spool, n: int) -> list[str]:
-    for i in range(n):
-        with Submission(spool, 1 << 20) as sub:
-            sub.write(f"To: a@example.org\nSubject: m{i}\n\nx\n".encode())
-            sub.commit(make_envelope("", ["a@example.org"]))
-    ids = pickup(spool, 1 << 20)
-    assert len(ids) == n
-    return sorted(ids)
-
-
-def due(spool: Spool, now: float) -> list[tuple[str, str]]:
-    items = [(q, QUEUE) for q in spool.ids(QUEUE)]
-    items += [
-        (q, DEFERRED)
-        for q in spool.ids(DEFERRED)
-        if os.stat(spool.path(DEFERRED, q)).st_mtime <= now
-    ]
-    return sorted(items)
-
-
-def run_until_idle(ctx: Context, clock: Clock, limit: float) -> None:
-    """What the worker loop does, on the fake clock: try what is due, then jump ahead."""
-    while clock.t < limit:
-        for qid, area in due(ctx.spool, clock.t):
-            deliver(ctx, qid, area)
-        waiting = [os.stat(ctx.spool.path(DEFERRED, q)).st_mtime for q in ctx.spool.ids(DEFERRED)]
-        if not waiting:
-            return
-        clock.t = max(clock.t, min(waiting))
-
-
-def test_budget_lets_exactly_the_limit_out_and_the_rest_waits(spool: Spool) -> None:
-    clock = Clock()
-    transport = Recording(clock)
-    ctx = make_ctx(spool, transport, clock, DAILY_RECIPIENT_LIMIT="100")
-    queue(spool, 150)
-    outcomes = [deliver(ctx, qid, area) for qid, area in due(spool, clock.t)]
-    assert outcomes.count(Outcome.SENT) == 100
-    assert outcomes.count(Outcome.DEFERRED) == 50
-    assert len(transport.times) == 100
-    # Visible in list and stats, as a wait, not a failure.
-    rows = [r for r in listing.collect(spool) if r.state == "deferred"]
-    assert len(rows) == 50
-    assert {r.error_code for r in rows} == {"DailyRecipientLimit"}
-    assert {r.attempts for r in rows} == {0}
-    assert all("100 of 100" in (r.error or "") for r in rows)
-    snapshot = stats.collect(spool, now=clock.t)
-    assert snapshot.waiting == {"DailyRecipientLimit": 50}
-    assert snapshot.budgets == {MAILBOX: [100, 100]}
-    assert snapshot.last_failure is None
-    text = "\n".join(stats.render(snapshot, now=clock.t))
-    assert (
-        "100/100 recipients in 24 h (100%)" in text and "50 deferred by DailyRecipientLimit" in text
+    code = (
+        f"import sys; sys.path.insert(0, {ROOT!r});"
+        " from mssendmail.delivery.worker import main; sys.exit(main(sys.argv[1:]))"
     )
-    prom = stats.prometheus(snapshot)
-    assert f'mssendmail_recipients_24h{{mailbox="{MAILBOX}"}} 100' in prom
-    assert 'mssendmail_waiting{reason="DailyRecipientLimit"} 50' in prom
-    assert [r.status for r in safety.check_budget(spool, clock.t)] == ["WARN"]
-    # Nothing more goes out inside the window; all of it after the window.
-    clock.t += 3600
-    for qid, area in due(spool, clock.t):
-        assert deliver(ctx, qid, area) == Outcome.DEFERRED
-    assert len(transport.times) == 100
-    run_until_idle(ctx, clock, clock.t + 2 * 86400)
-    assert len(transport.times) == 150
-    assert min(transport.times[100:]) >= transport.times[0] + 86400
-    assert os.listdir(spool.dir("dead")) == []
-
-
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def test_warning_at_80_percent_once(spool: Spool) -> None:
-    clock = Clock()
-    ctx = make_ctx(spool, Recording(clock), clock, DAILY_RECIPIENT_LIMIT="10")
-    queue(spool, 10)
-    handler = Collect()
-    logger = logging.getLogger("mssendmail.delivery.limits")
-    logger.addHandler(handler)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", code, "--config", str(cfg)], stderr=subprocess.PIPE
+    )
     try:
-        for qid, area in due(spool, clock.t):
-            deliver(ctx, qid, area)
+        deadline = time.monotonic() + 20
+        while not spool.ids(ACTIVE):
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.05)
+        time.sleep(1.0)  # well inside the parse of 60,000 parts
+        assert worker.poll() is None and spool.ids(ACTIVE)
+        worker.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        _, err = worker.communicate(timeout=30)
+        took = time.monotonic() - signalled
     finally:
-        logger.removeHandler(handler)
-    warnings = [m for m in handler.messages if "budget-warning" in m]
-    assert len(warnings) == 1 and "used=8" in warnings[0]
-
-
-def test_a_refused_send_gives_its_recipients_back(spool: Spool) -> None:
-    clock = Clock()
-    ctx = make_ctx(spool, Recording(clock, PermanentFailure("no")), clock)
-    [qid] = queue(spool, 1)
-    assert deliver(ctx, qid, QUEUE) == Outcome.DEAD
-    assert budget.usage(spool, clock.t) == {MAILBOX: (0, 10000)}
-
-
-def test_pacing_spreads_a_burst(spool: Spool) -> None:
-    clock = Clock()
-    transport = Recording(clock)
-    ctx = make_ctx(spool, transport, clock, MAILBOX_RATE="30")
-    queue(spool, 60)
-    start = clock.t
-    run_until_idle(ctx, clock, start + 3600)
-    times = sorted(transport.times)
-    assert len(times) == 60
-    assert times[-1] - times[0] >= 118
-    assert min(b - a for a, b in itertools.pairwise(times)) >= 2 - 1e-6
-    rows = listing.collect(spool)
-    assert rows == []
-
-
-def test_pacing_waits_are_shown_and_cost_no_attempt(spool: Spool) -> None:
-    clock = Clock()
-    ctx = make_ctx(spool, Recording(clock), clock, MAILBOX_RATE="6")
-    queue(spool, 3)
-    for qid, area in due(spool, clock.t):
-        deliver(ctx, qid, area)
-    rows = [r for r in listing.collect(spool) if r.state == "deferred"]
-    assert [r.error_code for r in rows] == ["MailboxRate", "MailboxRate"]
-    assert sorted(r.next_attempt or 0 for r in rows) == [clock.t + 10, clock.t + 20]
-
-
-def _reserve_many(root: str, n: int, out: Any) -> None:
-    spool = Spool(root)
-    ok = sum(budget.reserve(spool, MAILBOX, 1, 150, time.time()).ok for _ in range(n))
-    out.put(ok)
-
-
-def test_the_budget_holds_across_processes(spool: Spool) -> None:
-    ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_reserve_many, args=(spool.root, 100, out)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(30)
-    assert out.get(timeout=5) + out.get(timeout=5) == 150
-    assert budget.usage(spool, time.time())[MAILBOX] == (150, 150)
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, err
+    assert took < 8, took
+    assert b"stop-timeout" in err
+    assert os.listdir(outbox) == []

@@ -1,161 +1,146 @@
-"""Mailbox protection before a send: the daily recipient budget and pacing.
+"""Bounds on the work one message may cause, checked before any Graph request.
 
-Job: one hook for attempt.py. Before a message goes to Graph,
+Every queued message is hostile input. The stdlib parsers recurse on nested
+RFC 5322 comments (``email.utils.getaddresses`` and the header parser of
+``email.policy.default`` both do), so a From: of 600 nested ``(`` raised
+RecursionError in the worker. Values are checked here first, with a plain
+loop, and refused when they nest deeper than MAX_COMMENT_DEPTH.
 
-1. pacing (MAILBOX_RATE messages a minute per mailbox; unset = none): the
-   message takes the mailbox's next free slot in state/ (shared by every
-   worker process). A slot in the future defers the message to it; the
-   slot stays reserved in its meta/ record, so it goes at that time
-   without queueing again. A reserved slot older than STALE_SLOT (the
-   worker was down) is given up and a new one taken, so a backlog does not
-   go out in one burst after a restart.
-2. the budget (DAILY_RECIPIENT_LIMIT recipients per mailbox in a rolling
-   24 hours, default 10,000, Exchange Online's limit): the recipients are
-   counted before the send. Past the limit the message is deferred until
-   the window has room. It is never dead-lettered for this, and the wait
-   counts no attempt. At 80% one warning is logged per crossing.
-
-A send that Graph certainly refused (a 4xx, a connection never made) gives
-its recipients back; an unknown outcome keeps them (they may have gone).
-The per-mailbox limit of 4 requests in flight (attempt.MailboxGate) holds
-on top of both.
-
-The reason a message waits is kept in its meta/ record (``wait``), where
-`mssendmail-queue list` and `stats` show it.
+The configurable limits (KEYS) bound the rest: MIME parts, nesting depth,
+attachments, To/Cc/Bcc addresses, and Graph requests per large-message
+attempt. A message over one is dead-lettered by prepare() with the key
+named, before any Graph request; the large-message path checks its request
+count after planning, before its first request.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
-from mssendmail.delivery import outcome
-from mssendmail.errors import DeliveryError
-from mssendmail.logs import kv
-from mssendmail.spool import budget, meta
-from mssendmail.spool.claim import Claim
+from mssendmail.config import Config
+from mssendmail.errors import ConfigError, DataError
 
-if TYPE_CHECKING:
-    from mssendmail.delivery.attempt import Context
-
-log = logging.getLogger("mssendmail.delivery.limits")
-
-WAIT = "wait"  # the meta/ key
-SLOT = "pace_slot"
-BUDGET_CODE = "DailyRecipientLimit"
-PACING_CODE = "MailboxRate"
+MAX_COMMENT_DEPTH = 20  # RFC 5322 allows nesting; real mail nests one or two deep
 
 
-def rate_interval(ctx: Context) -> float | None:
-    text = ctx.cfg.get("MAILBOX_RATE")
-    if not text:
-        return None
-    try:
-        rate = float(text)
-    except ValueError:
-        rate = 0.0
-    if not rate > 0:
-        from mssendmail.errors import ConfigError
+class LimitExceeded(DataError):
+    """A message is over one of the per-message limits; the message names the limit."""
 
-        raise ConfigError(f"MAILBOX_RATE={text!r} is not a number of messages per minute > 0")
-    return 60.0 / rate
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
-def validate(ctx: Context) -> None:
-    """MAILBOX_RATE and DAILY_RECIPIENT_LIMIT are usable (ConfigError: the worker exits 78)."""
-    from mssendmail.errors import ConfigError
+def comments_too_deep(text: str, limit: int = MAX_COMMENT_DEPTH) -> bool:
+    """True when a header value's comments nest deeper than `limit`.
 
-    rate_interval(ctx)
-    if ctx.cfg.integer("DAILY_RECIPIENT_LIMIT") < 1:
-        raise ConfigError("DAILY_RECIPIENT_LIMIT must be a whole number of recipients >= 1")
-
-
-def before_send(
-    ctx: Context, held: Claim, state: dict[str, Any], mailbox: str, recipients: int
-) -> str | None:
-    """Whether the message must wait: "deferred" (done here), or None to send it now.
-
-    When the state files cannot be written (a full disk) the message goes
-    anyway, with a warning: mail must not stop for its bookkeeping, and a
-    full disk is also when sent_unrecorded() keeps delivery going.
+    Quoted strings and backslash escapes are skipped, as RFC 5322 reads them.
     """
-    try:
-        return _check(ctx, held, state, mailbox, recipients)
-    except OSError as exc:
-        log.warning(
-            kv(id=held.queue_id, event="limits-unavailable", error=exc.strerror or str(exc))
-        )
-        state.pop(WAIT, None)
-        return None
+    if text.count("(") <= limit:
+        return False  # the usual case, without a loop
+    depth = 0
+    quoted = False
+    i, n = 0, len(text)
+    while i < n:
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == '"' and not depth:
+            quoted = not quoted
+        elif not quoted:
+            if char == "(":
+                depth += 1
+                if depth > limit:
+                    return True
+            elif char == ")" and depth:
+                depth -= 1
+        i += 1
+    return False
 
 
-def _check(
-    ctx: Context, held: Claim, state: dict[str, Any], mailbox: str, recipients: int
-) -> str | None:
-    now = ctx.now()
-    interval = rate_interval(ctx)
-    if interval is not None and not _has_slot(state, now, interval):
-        slot = budget.pace_slot(ctx.spool, mailbox, interval, now)
-        if slot > now:
-            state[SLOT] = slot
-            why = f"MAILBOX_RATE {ctx.cfg.get('MAILBOX_RATE')}/min for {mailbox}: next slot"
-            return _wait(ctx, held, state, PACING_CODE, why, slot)
-    state.pop(SLOT, None)
-    limit = ctx.cfg.integer("DAILY_RECIPIENT_LIMIT")
-    verdict = budget.reserve(ctx.spool, mailbox, recipients, limit, now)
-    if not verdict.ok:
-        why = (
-            f"daily recipient limit reached for {mailbox}: {verdict.used} of {limit} "
-            "in the last 24 h; waiting for the window"
+def check_comments(what: str, text: str) -> None:
+    """Raise LimitExceeded when a value's comments nest deeper than the parsers can take."""
+    if comments_too_deep(text):
+        raise LimitExceeded(
+            "MAX_COMMENT_DEPTH",
+            f"{what} has comments nested more than {MAX_COMMENT_DEPTH} deep; "
+            "no mail program writes that, so it is refused",
         )
-        log.warning(
-            kv(
-                id=held.queue_id,
-                event="budget-wait",
-                mailbox=mailbox,
-                used=verdict.used,
-                limit=limit,
-                until=int(verdict.until),
-            )
-        )
-        return _wait(ctx, held, state, BUDGET_CODE, why, verdict.until)
-    before = verdict.used - recipients
-    if before < budget.WARN_AT * limit <= verdict.used:
-        log.warning(
-            kv(
-                event="budget-warning",
-                mailbox=mailbox,
-                used=verdict.used,
-                limit=limit,
-                hint="80% of the daily recipient limit used; mail past it waits",
-            )
-        )
-    state.pop(WAIT, None)
-    return None
 
 
-def after_failure(ctx: Context, mailbox: str, recipients: int, exc: DeliveryError) -> None:
-    """A refusal gives the recipients back; an unknown outcome keeps them."""
-    if exc.outcome_unknown:
+# Per-message limits: config key -> (default, smallest, largest allowed value).
+KEYS: dict[str, tuple[int, int, int]] = {
+    "MAX_ATTACHMENTS": (250, 1, 100_000),
+    "MAX_MIME_PARTS": (1000, 1, 1_000_000),
+    "MAX_MIME_DEPTH": (20, 1, 30),
+    "MAX_HEADER_RECIPIENTS": (1000, 1, 100_000),
+    "MAX_GRAPH_REQUESTS": (500, 3, 1_000_000),
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The per-message limits of one config; every value names its key on error."""
+
+    attachments: int = KEYS["MAX_ATTACHMENTS"][0]
+    mime_parts: int = KEYS["MAX_MIME_PARTS"][0]
+    mime_depth: int = KEYS["MAX_MIME_DEPTH"][0]
+    header_recipients: int = KEYS["MAX_HEADER_RECIPIENTS"][0]
+    graph_requests: int = KEYS["MAX_GRAPH_REQUESTS"][0]
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Limits:
+        values = {}
+        for key, (_, low, high) in KEYS.items():
+            value = cfg.integer(key)
+            if not low <= value <= high:
+                raise ConfigError(f"{key}={value} is out of range; use {low} to {high}")
+            values[key] = value
+        return cls(
+            attachments=values["MAX_ATTACHMENTS"],
+            mime_parts=values["MAX_MIME_PARTS"],
+            mime_depth=values["MAX_MIME_DEPTH"],
+            header_recipients=values["MAX_HEADER_RECIPIENTS"],
+            graph_requests=values["MAX_GRAPH_REQUESTS"],
+        )
+
+
+def over(key: str, count: int, limit: int, what: str) -> LimitExceeded:
+    return LimitExceeded(
+        key, f"{what}: {count} is over {key}={limit}; raise {key} in the config to send it"
+    )
+
+
+def check_header_recipients(count: int, limits: Limits) -> None:
+    if count > limits.header_recipients:
+        raise over("MAX_HEADER_RECIPIENTS", count, limits.header_recipients, "To/Cc/Bcc addresses")
+
+
+def rough_address_count(value: str) -> int:
+    """An upper bound on the addresses in a header value, without parsing it."""
+    return value.count(",") + 1
+
+
+def _is_multipart(mime: bytes) -> bool:
+    head_end = mime.find(b"\r\n\r\n")
+    head = (mime if head_end < 0 else mime[:head_end]).lower()
+    return b"multipart/" in head
+
+
+def check_mime(mime: bytes, limits: Limits) -> None:
+    """Count MIME parts, nesting and attachments; LimitExceeded names the first limit hit.
+
+    Plain (non-multipart) messages, the usual cron and app mail, cost one
+    search of the header section. A multipart message is parsed with a part
+    budget, so a bomb of 60,000 parts costs at most MAX_MIME_PARTS header parses.
+    """
+    if not _is_multipart(mime):
         return
-    try:
-        budget.refund(ctx.spool, mailbox, recipients, ctx.now())
-    except OSError as err:
-        log.warning(kv(event="budget-refund-failed", mailbox=mailbox, error=str(err)))
+    from mssendmail.graph.large import PartBudget, attachment_count, parse
 
-
-def _has_slot(state: dict[str, Any], now: float, interval: float) -> bool:
-    slot = state.get(SLOT)
-    if not isinstance(slot, (int, float)) or isinstance(slot, bool):
-        return False
-    return slot <= now + 0.001 and now - slot < max(60.0, 2 * interval)
-
-
-def _wait(
-    ctx: Context, held: Claim, state: dict[str, Any], code: str, why: str, until: float
-) -> str:
-    state[WAIT] = {"time": ctx.now(), "code": code, "message": why, "until": until}
-    if code == BUDGET_CODE:
-        meta.add_event(state, ctx.now(), "budget-wait", why)
-    outcome.defer(ctx.spool, held, state, until)
-    return "deferred"
+    budget = PartBudget(limits.mime_parts, limits.mime_depth)
+    root = parse(mime, budget=budget)
+    attachments = attachment_count(root)
+    if attachments > limits.attachments:
+        raise over("MAX_ATTACHMENTS", attachments, limits.attachments, "attachments")
