@@ -40,6 +40,8 @@ DEFAULTS: dict[str, str] = {
     "ALIASES": "",
     "ADMIN_ADDRESS": "",
     "LOCAL_DOMAIN": "",
+    # Charset for 8-bit text that is not UTF-8 and says no charset (delivery/mime.py).
+    "DEFAULT_CHARSET": "iso-8859-1",
     # Where things live.
     "QUEUE_DIR": "/var/lib/mssendmail/queue",
     "LOG_DIR": "",
@@ -69,6 +71,9 @@ DEFAULTS: dict[str, str] = {
     "MAX_QUEUED_PER_USER": "",
     # Exactly once and mailbox protection (docs/delivery-safety.md).
     "SENT_ITEMS_DELAY": "5m",
+    "DAILY_RECIPIENT_LIMIT": "10000",
+    "MAILBOX_RATE": "",
+    "SENT_ITEMS": "keep",
     # SMTP listener (mssendmail-smtpd).
     "SMTPD_LISTEN": "127.0.0.1:2525",
     "SMTPD_TLS_CERT": "",

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mssendmail.config import Config
-from mssendmail.delivery import idempotency, outcome, poison
+from mssendmail.delivery import cleanup, idempotency, outcome, poison, protection
+from mssendmail.delivery.mime import FixCounts
 from mssendmail.delivery.retry import backoff
 from mssendmail.errors import (
     ConfigError,
@@ -153,6 +154,7 @@ class Context:
     now: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     notify: Callable[[bytes, dict[str, Any], str, dict[str, Any]], None] | None = None
+    mime_fixes: FixCounts = field(default_factory=FixCounts)
 
 
 def deliver(ctx: Context, queue_id: str, area: str) -> Outcome:
@@ -220,6 +222,9 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
         "rcpts": len(prepared.recipients),
         "size": len(prepared.mime),
     }
+    if prepared.mime_fixed or prepared.mime_kept:
+        info["mime_fixed"] = ",".join(prepared.mime_fixed) or None
+        info["mime_kept"] = prepared.mime_kept or None
     for warning in prepared.warnings:
         log.warning(kv(id=qid, warning=warning))
     if not prepared.recipients:
@@ -241,6 +246,10 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
         "submitted": envelope.get("time"),
     }
     handled = idempotency.before_send(ctx, held, state, prepared, record_info)
+    if handled is None:
+        handled = protection.before_send(
+            ctx, held, state, prepared.mailbox, len(prepared.recipients)
+        )
     if handled is not None:
         return Outcome(handled)
     attempt = meta.attempts(state) + 1
@@ -250,6 +259,7 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
         with ctx.gate.slot(prepared.mailbox):
             delivered = ctx.transport.send(prepared.mailbox, prepared.mime, qid)
     except DeliveryError as exc:
+        protection.after_failure(ctx, prepared.mailbox, len(prepared.recipients), exc)
         ms = int((time.monotonic() - started) * 1000)
         log.info(
             kv(
@@ -283,7 +293,9 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
         log.error(kv(event="sent-unrecorded", id=qid, error=exc.strerror or str(exc)))
         outcome.sent_unrecorded(spool, held)
         return Outcome.SENT
+    ctx.mime_fixes.add(prepared.mime_fixed)
     pause.clear_queue_pause(spool)
+    cleanup.schedule(ctx, qid, prepared.mailbox, prepared.message_id, sent_at)
     return Outcome.SENT
 
 

@@ -48,7 +48,7 @@ from email.errors import HeaderParseError, MessageError
 from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.policy import SMTP
-from email.utils import formatdate, getaddresses, parseaddr, quote
+from email.utils import formatdate, quote
 from typing import Any
 
 from mssendmail.config import Config
@@ -60,8 +60,10 @@ from mssendmail.delivery.limits import (
     check_mime,
     rough_address_count,
 )
+from mssendmail.delivery.mime import check_charset, normalise
 from mssendmail.errors import ConfigError, DataError
 from mssendmail.spool import record
+from mssendmail.submission.addresses import parse_address_list, parse_mailboxes
 
 CRLF = b"\r\n"
 FOLD_AT = 78
@@ -84,6 +86,8 @@ class Prepared:
     recipients: list[str]
     warnings: list[str]
     message_id: str
+    mime_fixed: tuple[str, ...] = ()  # repairs by mssendmail.delivery.mime, for the log
+    mime_kept: str = ""  # why a message went out untouched (signed, dkim)
 
 
 class Policy:
@@ -96,10 +100,12 @@ class Policy:
         *,
         from_name: str = "",
         allowed_from: Iterable[str] = (),
+        default_charset: str = "iso-8859-1",
         limits: Limits | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.sender = sender
+        self.default_charset = default_charset
         self.sender_domain = sender.rpartition("@")[2]
         self.resolver = resolver
         self.from_name = from_name
@@ -138,11 +144,16 @@ class Policy:
         )
         if aliases is not None:
             aliases.table()  # an unreadable file is a ConfigError now, not at the first send
+        try:
+            charset = check_charset(cfg.get("DEFAULT_CHARSET"))
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; fix DEFAULT_CHARSET in the config") from None
         return cls(
             sender,
             resolver,
             from_name=cfg.get("FROM_NAME"),
             allowed_from=cfg.addresses("ALLOWED_FROM"),
+            default_charset=charset,
             limits=Limits.from_config(cfg),
         )
 
@@ -249,10 +260,20 @@ def clean_name(name: str | None) -> str:
     return _CONTROL.sub(" ", name or "").strip()
 
 
-def _addresses(value: str) -> list[tuple[str, str]]:
-    """(display name, address) pairs of an address-list header; group markers dropped."""
-    check_comments("an address header", value)  # getaddresses recurses on nested comments
-    return [(name, addr) for name, addr in getaddresses([value]) if addr]
+def _addresses(value: str, header: str, warnings: list[str]) -> list[tuple[str, str]]:
+    """(display name, address) pairs of an address-list header; group markers dropped.
+
+    Read by the project's own rules (mssendmail.submission.addresses), not
+    email.utils, whose answers differ between Python patch releases. A field
+    it cannot read counts as holding no address, with a warning for the log:
+    To/Cc stay as written, From is rewritten, Sender and Bcc go.
+    """
+    check_comments("an address header", value)  # bounded before any parser sees it
+    try:
+        return parse_mailboxes(value)
+    except DataError as exc:
+        warnings.append(f"{header} header not readable as addresses: {exc}")
+        return []
 
 
 def _fold_list(header: str, items: list[str]) -> bytes:
@@ -312,7 +333,11 @@ def _check_envelope(envelope: Mapping[str, Any]) -> _Envelope:
     for rcpt in rcpts:
         rcpt = rcpt.strip()
         if "<" in rcpt or " " in rcpt:
-            rcpt = parseaddr(rcpt)[1]
+            try:
+                found = parse_address_list(rcpt)
+            except DataError:
+                found = []
+            rcpt = found[0] if len(found) == 1 else ""
         if rcpt:
             addresses.append(rcpt)
     return _Envelope(addresses, clean_name(full_name), float(when))
@@ -400,7 +425,8 @@ def prepare(
         # Joined from a view: a sliced body would be a third copy of the message.
         mime = b"".join((headers.to_bytes(), CRLF, memoryview(data)[body_at:]))
     check_mime(mime, policy.limits)  # before any Graph request; LimitExceeded names the key
-    return Prepared(mime, mailbox, recipients, warnings, message_id)
+    fixed = normalise(mime, policy.default_charset)  # charsets, long lines, 8-bit headers
+    return Prepared(fixed.mime, mailbox, recipients, warnings, message_id, fixed.fixed, fixed.kept)
 
 
 def _fix_recipient_headers(
@@ -413,7 +439,7 @@ def _fix_recipient_headers(
     _count_header_recipients(headers, policy)
     for name in ("to", "cc"):
         for index in headers.find(name):
-            pairs = _addresses(headers.value(index))
+            pairs = _addresses(headers.value(index), name.capitalize(), warnings)
             if any(resolver.needs_resolving(addr) for _, addr in pairs):
                 pairs = [
                     (_decode_words(shown), resolved)
@@ -445,7 +471,7 @@ def _fix_recipient_headers(
         )
 
     for index in headers.find("bcc"):
-        for _, addr in _addresses(headers.value(index)):
+        for _, addr in _addresses(headers.value(index), "Bcc", warnings):
             for resolved in resolver.resolve(addr):
                 if resolved.lower() not in envelope:
                     warnings.append(f"Bcc recipient {resolved} is not in the envelope; removed")
@@ -461,7 +487,7 @@ def _count_header_recipients(headers: _Headers, policy: Policy) -> None:
     values = [headers.value(i) for name in ("to", "cc", "bcc") for i in headers.find(name)]
     if sum(rough_address_count(v) for v in values) > 4 * policy.limits.header_recipients:
         check_header_recipients(sum(rough_address_count(v) for v in values), policy.limits)
-    check_header_recipients(sum(len(_addresses(v)) for v in values), policy.limits)
+    check_header_recipients(sum(len(_addresses(v, "To/Cc/Bcc", [])) for v in values), policy.limits)
 
 
 def _fix_from(headers: _Headers, policy: Policy, env: _Envelope, warnings: list[str]) -> str:
@@ -476,7 +502,7 @@ def _fix_from(headers: _Headers, policy: Policy, env: _Envelope, warnings: list[
         warnings.append("several From headers; all but the first removed")
         for extra in froms[1:]:
             headers.fields[extra] = None
-    pairs = _addresses(headers.value(first))
+    pairs = _addresses(headers.value(first), "From", warnings)
     unique = {addr.lower() for _, addr in pairs}
     shown = clean_name(_decode_words(next((n for n, _ in pairs if n), "")))
     usable_name = shown if "@" not in shown else ""
@@ -500,7 +526,8 @@ def _fix_from(headers: _Headers, policy: Policy, env: _Envelope, warnings: list[
                     warnings.append(f"original From kept out of Reply-To: {exc}")
 
     for index in headers.find("sender"):
-        if {a.lower() for _, a in _addresses(headers.value(index))} != {mailbox.lower()}:
+        named = _addresses(headers.value(index), "Sender", warnings)
+        if {a.lower() for _, a in named} != {mailbox.lower()}:
             # Sender naming another mailbox makes Exchange check send-on-behalf rights.
             headers.fields[index] = None
             warnings.append("Sender header removed: it named a mailbox other than the one sending")
