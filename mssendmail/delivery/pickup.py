@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mssendmail.logs import kv
 from mssendmail.spool import record
 from mssendmail.spool.layout import (
     CORRUPT,
@@ -101,7 +102,7 @@ def pickup(
                     continue
                 except OSError as exc:
                     # Disk full or the like: the original stays; try again later.
-                    log.error("cannot pick up %s: %s", name, exc.strerror or exc)
+                    log.error(kv(event="pickup-error", file=name, error=exc.strerror or exc))
                     break
                 if copy is not None:
                     staged.append(copy)
@@ -135,7 +136,9 @@ def _commit(spool: Spool, staged: list[Staged]) -> list[str]:
         except FileExistsError:
             pass  # another worker linked the same submission first
         except OSError as exc:
-            log.error("cannot queue %s: %s", item.name, exc.strerror or exc)  # original stays
+            log.error(
+                kv(event="queue-error", id=item.name, error=exc.strerror or exc)
+            )  # original stays
         finally:
             os.close(item.copy_fd)
             unlink_quiet(item.temp)
@@ -155,7 +158,7 @@ def clean_temp(spool: Spool, name: str, now: float) -> bool:
         quarantine(spool, name, "temp entry is not a regular file")
         return True
     if remove_if_abandoned(path, now):
-        log.info("removed abandoned submission %s (%d bytes)", name, st.st_size)
+        log.info(kv(event="removed-abandoned", file=name, size=st.st_size))
         return True
     return False
 
@@ -278,4 +281,4 @@ def quarantine(spool: Spool, name: str, reason: str) -> None:
     fsync_dir(spool.dir(MAILDROP))
     info = {"original_name": name, "reason": reason, "time": time.time()}
     write_atomic(spool.reason_path(CORRUPT, target), json.dumps(info).encode())
-    log.warning("quarantined maildrop entry %r as corrupt/%s: %s", name, target, reason)
+    log.warning(kv(event="quarantined", file=name, corrupt=target, reason=reason))

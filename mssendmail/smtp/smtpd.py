@@ -60,8 +60,9 @@ from typing import Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from mssendmail import config
+from mssendmail import config, logs
 from mssendmail.errors import EX_OK, CannotListen, ConfigError, UsageError, run_main
+from mssendmail.logs import kv
 from mssendmail.smtp.protocol import QueueHandler, Server, local_hostname
 from mssendmail.spool.layout import Spool
 from mssendmail.usage import Parser
@@ -170,7 +171,12 @@ class Authenticator:
         if ok:
             return AuthResult(success=True, auth_data=user)
         log.warning(
-            "AUTH %s failed for user %r from %s", mechanism, user, server.client_text(session)
+            kv(
+                event="auth-failed",
+                mechanism=mechanism,
+                user=repr(user),
+                client=server.client_text(session),
+            )
         )
         return AuthResult(success=False, handled=False)
 
@@ -351,7 +357,7 @@ class Daemon:
             self.servers.append(server)
         for server in self.servers:
             for sock in server.sockets:
-                log.info("listening on %s", sock.getsockname())
+                log.info(kv(event="listening", address=sock.getsockname()))
 
     async def stop(self) -> None:
         """Stop accepting, let queue writes finish, then end every session with 421."""
@@ -378,7 +384,7 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
-    log.info("stopping")
+    log.info(kv(event="stopping"))
     await daemon.stop()
 
 
@@ -417,8 +423,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def setup_logging(cfg: config.Config) -> None:
+    """key=value lines to stderr and LOG_DIR, as the worker writes them (logs.py)."""
+    logs.setup(cfg.log_dir)
     # aiosmtpd logs each command at INFO and deprecation chatter at WARNING.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
 
@@ -435,7 +442,7 @@ def serve(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     sockets = activated_sockets()
     conf = settings(cfg, sockets)
-    setup_logging()
+    setup_logging(cfg)
     try:
         asyncio.run(run(conf))
     except OSError as exc:
