@@ -23,7 +23,7 @@ ENV_PATH_VAR = "MSSENDMAIL_CONFIG"
 
 MIB = 1024 * 1024
 
-# Every key with its default ("" = unset). The README's table mirrors this one.
+# Every key with its default ("" = unset). The table in docs/configuration.md mirrors this one.
 DEFAULTS: dict[str, str] = {
     # Credentials: exactly one kind must be configured for TRANSPORT=graph.
     "TENANT_ID": "",
@@ -60,6 +60,8 @@ DEFAULTS: dict[str, str] = {
     "MAX_ATTEMPTS": "",
     "DEAD_LETTER_NOTIFY": "",
     "SENT_RETENTION": "7d",
+    # Exactly once and mailbox protection (docs/delivery-safety.md).
+    "SENT_ITEMS_DELAY": "5m",
     # SMTP listener (mssendmail-smtpd).
     "SMTPD_LISTEN": "127.0.0.1:2525",
     "SMTPD_TLS_CERT": "",

@@ -73,7 +73,17 @@ class Interrupted(MssendmailError):
 
 
 class DeliveryError(MssendmailError):
-    """Root of delivery failures raised by transports."""
+    """Root of delivery failures raised by transports.
+
+    ``outcome_unknown`` is set by a transport when the request may have
+    reached Graph and been acted on (a timeout or reset after the body was
+    sent, a 5xx, a 429 without Retry-After): mssendmail.delivery.idempotency
+    then looks before it sends again. ``draft_id`` names the draft of a
+    large message whose /send had that fate.
+    """
+
+    outcome_unknown: bool = False
+    draft_id: str | None = None
 
     def __init__(
         self,

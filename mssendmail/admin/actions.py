@@ -29,6 +29,7 @@ from mssendmail.spool.layout import (
     HOLD,
     MAILDROP,
     QUEUE,
+    SENT,
     Spool,
     fsync_dir,
     is_id,
@@ -77,7 +78,10 @@ def take(spool: Spool, queue_id: str, allowed: Iterable[str]) -> Claim:
             return held
         time.sleep(0.05)
     if area is None:
-        if os.path.exists(spool.sent_path(queue_id)):
+        # The worker's sent() renames active/<id> to sent/<id>, then to
+        # sent/<id>.json: look in that order, or the second rename can slip
+        # between the two looks and a sent message reads as unknown.
+        if os.path.lexists(spool.path(SENT, queue_id)) or os.path.exists(spool.sent_path(queue_id)):
             raise WrongState(f"message {queue_id} was already sent; nothing to do")
         raise _no_such(queue_id)
     if area == ACTIVE:

@@ -105,7 +105,10 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
         token_result, token = check_token(cfg, fetch)
         results.append(token_result)
         if token is not None:
+            from mssendmail.admin import safety
+
             results.extend(check_roles(token))
+            results.extend(safety.checks(cfg, spool, token))
     results.append(check_worker(spool))
     results.append(check_trigger(spool))
     paused = check_pause(spool)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mssendmail.config import Config
-from mssendmail.delivery import outcome
+from mssendmail.delivery import idempotency, outcome
 from mssendmail.delivery.retry import backoff
 from mssendmail.errors import (
     ConfigError,
@@ -217,7 +217,19 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
     if paused > ctx.now():
         outcome.defer(spool, held, None, paused)
         return Outcome.DEFERRED
+    record_info = {
+        **info,
+        "attempts": meta.attempts(state),
+        "sender": envelope.get("sender", ""),
+        "recipients": prepared.recipients,
+        "uid": envelope.get("uid"),
+        "submitted": envelope.get("time"),
+    }
+    handled = idempotency.before_send(ctx, held, state, prepared, record_info)
+    if handled is not None:
+        return Outcome(handled)
     attempt = meta.attempts(state) + 1
+    sent_at = ctx.now()
     started = time.monotonic()
     try:
         with ctx.gate.slot(prepared.mailbox):
@@ -235,7 +247,7 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
                 ms=ms,
             )
         )
-        return _failed(ctx, held, state, envelope, message, prepared.mailbox, exc)
+        return _failed(ctx, held, state, envelope, message, prepared.mailbox, exc, sent_at)
     ms = int((time.monotonic() - started) * 1000)
     log.info(
         kv(
@@ -248,16 +260,7 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
             ms=ms,
         )
     )
-    record_info = {
-        **info,
-        "sent": ctx.now(),
-        "attempts": attempt,
-        "request_id": delivered.request_id,
-        "sender": envelope.get("sender", ""),
-        "recipients": prepared.recipients,
-        "uid": envelope.get("uid"),
-        "submitted": envelope.get("time"),
-    }
+    record_info.update(sent=ctx.now(), attempts=attempt, request_id=delivered.request_id)
     try:
         outcome.sent(spool, held, record_info)
     except OSError as exc:
@@ -295,6 +298,7 @@ def _failed(
     message: bytes,
     mailbox: str,
     exc: DeliveryError,
+    sent_at: float,
 ) -> Outcome:
     if isinstance(exc, ConfigurationFailure):
         return _pause_queue(ctx, held, exc)
@@ -319,6 +323,7 @@ def _failed(
         delay = max(p.retry_max, exc.retry_after or 0.0)
     else:
         delay = backoff(attempts, p.retry_min, p.retry_max, exc.retry_after, ctx.rng)
+    idempotency.note_failure(ctx, state, exc, sent_at)
     state["next_attempt"] = now + delay
     outcome.defer(ctx.spool, held, state, now + delay)
     return Outcome.DEFERRED

@@ -291,7 +291,7 @@ def _check_envelope(envelope: Mapping[str, Any]) -> _Envelope:
     if not isinstance(full_name, str):
         raise DataError("envelope full_name is not a string")
     when = envelope.get("time")
-    if not isinstance(when, int | float) or isinstance(when, bool):
+    if not isinstance(when, (int, float)) or isinstance(when, bool):
         when = time.time()
     addresses = []
     for rcpt in rcpts:

@@ -46,15 +46,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from mssendmail import __version__, config, logs
-from mssendmail.delivery import affinity, outcome
+from mssendmail.argv import Parser
+from mssendmail.delivery import affinity, idempotency, outcome
 from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.delivery.pickup import listing, pickup
 from mssendmail.errors import EX_TEMPFAIL, ConfigError, MssendmailError, exit_code, run_main
 from mssendmail.spool import pause
-from mssendmail.spool.claim import recover
 from mssendmail.spool.layout import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
 from mssendmail.transport import from_config
-from mssendmail.usage import Parser
 
 log = logging.getLogger("mssendmail.delivery.worker")
 
@@ -317,7 +316,7 @@ class Worker:
 
     def housekeeping(self, now: float) -> None:
         """What killed processes leave behind: claims, temp files, parked sent mail."""
-        recover(self.spool)
+        idempotency.recover(self.spool, now)  # marks each one's outcome unknown
         for name in sweep_temps(self.spool, now):
             log.info(logs.kv(event="removed-temp", file=name))
         outcome.sweep_sent(self.spool, now)
@@ -357,13 +356,29 @@ def build_context(cfg: config.Config) -> Context:
     )
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = Parser(prog=PROG, description=__doc__.split("\n")[0])
-    parser.add_argument("--once", action="store_true", help="deliver what is due, then exit")
-    parser.add_argument("--config", help="config file (default /etc/mssendmail/.env)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="mssendmail-worker",
+        description=__doc__.split("\n")[0],
+        epilog="exit status: 0 done, 75 delivery paused (--once), 78 unusable config\n"
+        "See mssendmail-worker(8).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="deliver what is due, then exit (for timers)"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default ${config.ENV_PATH_VAR}, then {config.DEFAULT_PATH})",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log DEBUG lines too")
     parser.add_argument("--version", action="version", version=__version__)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 START_HINT = "check QUEUE_DIR and run 'mssendmail-queue init'"

@@ -112,7 +112,7 @@ async def serve(handler: QueueHandler, stdin_fd: int, stdout_fd: int) -> int | N
     writer = threading.Thread(target=_pump_out, args=(theirs, stdout_fd), daemon=True)
     reader.start()
     writer.start()
-    await loop.connect_accepted_socket(lambda: server, ours)
+    await loop.create_connection(lambda: server, sock=ours)
     await finished
     # Our end is closed, so the writer sees EOF once every reply is on stdout.
     if not stopped_by:
