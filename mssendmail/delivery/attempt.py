@@ -76,8 +76,8 @@ class MailboxGate:
     The limit holds across processes (the service plus an admin's --once):
     a send first takes one of PER_MAILBOX_LIMIT flocked slot files for its
     mailbox in state/. The files are opened once per process and locked
-    with fcntl directly: filelock's per-acquire bookkeeping cost the drain
-    benchmark ~1.4 ms of CPU per message. Without a lock directory (unit
+    with fcntl directly: filelock's per-acquire bookkeeping was a visible
+    share of the worker's CPU per message (bench/RESULTS.md, Drain). Without a lock directory (unit
     tests) the in-process semaphore alone does the job.
     """
 

@@ -94,7 +94,7 @@ class Worker:
         self.triggered = True
         self.last_listing = 0.0
         self.backlog: collections.deque[str] = collections.deque()
-        # Pickup fsyncs every copy (~1.3 ms a message here): in its own thread
+        # Pickup fsyncs every copy: in its own thread
         # it no longer holds up dispatch in this one.
         self.pickup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pickup")
         self.picking: Future[list[str]] | None = None

@@ -75,7 +75,7 @@ SHUTDOWN_GRACE = 10.0
 BUSY_REPLY = b"421 4.7.0 Too many connections; try again later\r\n"
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down; try again later\r\n"
 
-# scrypt at N=2**14, r=8, p=1 (16 MiB, ~50 ms): the cost OWASP lists for scrypt.
+# scrypt at N=2**14, r=8, p=1 (16 MiB of memory): the cost OWASP lists for scrypt.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 SCRYPT_MAX_N = 2**20
 PBKDF2_MAX_ROUNDS = 10_000_000

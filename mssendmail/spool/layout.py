@@ -75,13 +75,13 @@ def new_id(now: float | None = None) -> str:
     """A queue id: 8 hex digits of Unix time, so ids sort by submission, then 10 random."""
     seconds = int(time.time() if now is None else now)
     # os.urandom is what secrets.token_hex uses; importing secrets (hmac,
-    # random, base64) cost submission ~3.5 ms of its ~18 ms budget.
+    # random, base64) is a large share of submission time (bench/RESULTS.md).
     return f"{seconds:08x}{os.urandom(5).hex()}"
 
 
 def is_id(name: str) -> bool:
-    # No regular expression: ``import re`` costs submission ~10 ms (pip's
-    # console-script wrapper no longer imports it for us).
+    # No regular expression: ``import re`` alone would be a large share of
+    # submission time (pip's console-script wrapper no longer imports it for us).
     return len(name) == ID_LEN and not name.strip(_HEX_DIGITS)
 
 
@@ -209,7 +209,7 @@ class Spool:
 
     def __init__(self, root: str) -> None:
         self.root = root
-        # Plain concatenation: os.path.join was 5% of the worker's Python time.
+        # Plain concatenation: os.path.join showed in the worker's profile (bench/drain.py).
         self._prefix = os.path.join(root, "")
 
     def dir(self, area: str) -> str:

@@ -20,7 +20,7 @@ import sys
 from mssendmail.errors import DataError
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs submission ~5 ms; annotations are strings anyway
+if TYPE_CHECKING:  # typing is slow to import; annotations are strings anyway
     import hashlib
     from typing import Any, BinaryIO
 
@@ -38,11 +38,11 @@ class CorruptRecord(DataError):
 def new_sha256() -> hashlib._Hash:
     """SHA-256 for the writer, without loading OpenSSL when it can.
 
-    ``import hashlib`` loads libcrypto: ~3.5 ms of the ~18 ms a whole
+    ``import hashlib`` loads libcrypto, a large share of what a whole
     submission may spend above bare interpreter start-up. The built-in
-    implementation gives the same digest but is slower on big inputs
-    (4.8 ms/MiB against 0.7 ms/MiB here: +0.4 s for a 100 MB message), a
-    price only rare large messages pay; long-running programs that loaded
+    implementation gives the same digest but is several times slower on big
+    inputs, a price only rare large messages pay (figures: bench/RESULTS.md,
+    Submission); long-running programs that loaded
     OpenSSL already (worker, smtpd) get its fast version. Same digest.
     """
     if "_hashlib" not in sys.modules:
@@ -66,9 +66,10 @@ def encode_envelope(envelope: dict[str, Any]) -> bytes:
     """Compact, key-sorted JSON: the bytes json.dumps(sort_keys=True, separators=(",", ":")) gives.
 
     Built by hand rather than with ``import json``, whose import compiles
-    three regular expressions: ~2 ms of the ~18 ms a whole submission may
-    spend above bare interpreter start-up. Strings that need escaping go to
-    json's own C encoder (_json.encode_basestring_ascii). Anything beyond
+    three regular expressions, a visible share of what a whole submission
+    may spend above bare interpreter start-up (bench/RESULTS.md, Submission).
+    Strings that need escaping go to json's own C encoder
+    (_json.encode_basestring_ascii). Anything beyond
     plain JSON types (never in an envelope) goes to json.dumps itself;
     tests/test_submit.py checks the two agree on generated values.
     """
@@ -86,7 +87,7 @@ def _quote(text: str) -> str:
     """A JSON string literal, as json.dumps (ensure_ascii) writes it."""
     if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
         return '"' + text + '"'  # nothing to escape: the usual address or name
-    from _json import encode_basestring_ascii  # a C extension: ~0.3 ms to load
+    from _json import encode_basestring_ascii  # a C extension, cheap to load
 
     return encode_basestring_ascii(text)
 

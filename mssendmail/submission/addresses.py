@@ -14,8 +14,8 @@ Why not ``email.utils.getaddresses``: on Python 3.11.7 it (and the
 ``email._parseaddr.AddressList`` behind it) silently drops what it cannot
 read: ``"a b c"`` becomes ``a`` and ``"a@x b@y"`` becomes ``@y``, so a typo
 would send mail to the wrong place instead of failing with exit 65. Its
-import also costs 4.3 ms (``email.utils``: 20 ms) of the ~18 ms that the
-whole submission may spend above bare interpreter start-up. The small
+import also costs more than the whole submission may spend above bare
+interpreter start-up (bench/RESULTS.md, Submission). The small
 recursive-descent parser below has no imports at all; tests/test_message.py
 checks it against ``email.utils.getaddresses`` on generated well-formed lists.
 
@@ -85,8 +85,8 @@ def _skip_quoted(text: str, pos: int, close: str) -> int:
 def tokenize(text: str) -> list[Token]:
     """RFC 5322 tokens; comments and whitespace are dropped.
 
-    A plain loop, not a regular expression: compiling one costs ~0.6 ms at
-    every start, more than scanning any real header takes.
+    A plain loop, not a regular expression: compiling one at every start
+    costs more than scanning any real header takes.
     """
     tokens: list[Token] = []
     pos = 0
