@@ -234,6 +234,7 @@ def test_queue_8_documents_every_command_and_its_options() -> None:
             shown = action.option_strings or [action.metavar or action.dest.upper()]
             for option in shown:
                 assert re.search(rf"(?<![\w-]){re.escape(option)}\b", text), f"{name} {option}"
+    assert set(entries(page("mssendmail-queue.8"), "SIGNALS")) >= {"SIGINT (Ctrl-C)", "SIGPIPE"}
     named = options(entries(page("mssendmail-queue.8"), "OPTIONS"))
     for action in actions(parser):
         assert set(action.option_strings) <= named, action.option_strings
