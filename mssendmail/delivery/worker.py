@@ -52,7 +52,15 @@ from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, d
 from mssendmail.delivery.pickup import listing, pickup
 from mssendmail.errors import EX_TEMPFAIL, ConfigError, MssendmailError, exit_code, run_main
 from mssendmail.spool import pause
-from mssendmail.spool.layout import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
+from mssendmail.spool.layout import (
+    DEFERRED,
+    HEARTBEAT_FILE,
+    QUEUE,
+    STATE,
+    Spool,
+    sweep_temps,
+    unlink_quiet,
+)
 from mssendmail.transport import from_config
 
 log = logging.getLogger("mssendmail.delivery.worker")
@@ -61,7 +69,6 @@ PROG = "mssendmail-worker"
 RESCAN_SECONDS = 1.0
 PREPARE_AHEAD = 2  # threads beyond CONCURRENCY that prepare while others wait on Graph
 PICKUP_BATCH = 64  # small rounds keep dispatch going while a big maildrop/ drains
-HEARTBEAT_FILE = "heartbeat.json"
 FLUSH_MIN_INTERVAL = 60.0
 SWEEP_INTERVAL = 600.0
 RECOVER_SECONDS = 60.0
@@ -147,7 +154,7 @@ class Worker:
         items = []
         for qid in self.spool.ids(DEFERRED):
             try:
-                if os.stat(self.spool.path(DEFERRED, qid)).st_mtime <= now:
+                if self.spool.due_at(qid) <= now:
                     items.append((qid, DEFERRED))
             except FileNotFoundError:
                 continue
@@ -160,7 +167,7 @@ class Worker:
         self.last_flush = now
         for qid in self.spool.ids(DEFERRED):
             try:
-                os.utime(self.spool.path(DEFERRED, qid), (now, now))
+                self.spool.set_due(qid, now)
             except FileNotFoundError:
                 continue
         log.info(logs.kv(event="flush"))
@@ -220,7 +227,7 @@ class Worker:
             "version": __version__,
             "inflight": len(self.inflight),
         }
-        path = self.spool.path(STATE, HEARTBEAT_FILE)
+        path = self.spool.state_path(HEARTBEAT_FILE)
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
             with open(tmp, "w") as fh:

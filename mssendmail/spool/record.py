@@ -211,6 +211,35 @@ def parse_envelope(data: bytes) -> dict[str, Any]:
     return envelope
 
 
+def read_envelope(path: str) -> tuple[dict[str, Any], int]:
+    """(envelope, message length) from a record's footer, reading only the envelope.
+
+    The checksum is not verified (that needs the whole file); the worker does
+    that before sending. CorruptRecord if the file is not a plausible record.
+    For the admin tools: `mssendmail-queue list`, `mailq`.
+    """
+    import stat  # readers only; submission never gets here
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        if isinstance(exc, PermissionError):
+            raise
+        raise CorruptRecord(f"cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptRecord("not a regular file")
+        if st.st_size < FOOTER_LEN:
+            raise CorruptRecord("too short to be a spool record")
+        tail = os.pread(fd, FOOTER_LEN, st.st_size - FOOTER_LEN)
+        message_len, envelope_len, _ = parse_footer(tail, st.st_size)
+        raw = os.pread(fd, envelope_len, message_len)
+    finally:
+        os.close(fd)
+    return parse_envelope(raw), message_len
+
+
 def _clean_text(value: object, what: str, limit: int = 998) -> str:
     if not isinstance(value, str) or len(value) > limit or any(c in value for c in "\r\n\0"):
         raise CorruptRecord(f"envelope field {what} is invalid")
