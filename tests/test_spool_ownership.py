@@ -33,8 +33,6 @@ ALLOWED: dict[str, str] = {
     "delivery/outcome.py:_rewrite_parked": "to move: Spool.record_sent",
     "delivery/outcome.py:sweep_sent": "to move: Spool.record_sent",
     "delivery/idempotency.py:_forget_denied": "to move: a state/ file verb",
-    "delivery/worker.py:Worker.heartbeat": "to move: Spool.write_heartbeat",
-    "delivery/worker.py:Worker.sweep": "to move: Spool.expire_sent",
     "admin/actions.py:requeue": "to move: Spool.release_dead",
     "admin/actions.py:delete": "to move: Spool.delete",
 }

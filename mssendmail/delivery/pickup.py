@@ -64,7 +64,7 @@ class Staged:
     source_fd: int
 
 
-def listing(spool: Spool) -> list[str]:
+def maildrop_names(spool: Spool) -> list[str]:
     """maildrop/ entries, oldest first (ids sort by time)."""
     try:
         return sorted(os.listdir(spool.dir(MAILDROP)))
@@ -84,7 +84,7 @@ def pickup(
     `names` lets a caller with a big backlog list maildrop/ once and hand
     it out in batches, instead of listing it again for every batch.
     """
-    names = listing(spool) if names is None else names
+    names = maildrop_names(spool) if names is None else names
     staged: list[Staged] = []
     try:
         for name in names:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import logging
 import os
 import select
@@ -47,19 +46,18 @@ from typing import Any
 
 from mssendmail import __version__, config, logs
 from mssendmail.argv import Parser
-from mssendmail.delivery import affinity, idempotency, outcome
-from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
-from mssendmail.delivery.pickup import listing, pickup
+from mssendmail.delivery import affinity, heartbeat
+from mssendmail.delivery.attempt import Context, Outcome, RetryPolicy, deliver
+from mssendmail.delivery.gate import MailboxGate
+from mssendmail.delivery.housekeeping import Housekeeping
+from mssendmail.delivery.pickup import maildrop_names, pickup
 from mssendmail.errors import EX_TEMPFAIL, ConfigError, MssendmailError, exit_code, run_main
 from mssendmail.spool import pause
 from mssendmail.spool.layout import (
     DEFERRED,
-    HEARTBEAT_FILE,
     QUEUE,
     STATE,
     Spool,
-    sweep_temps,
-    unlink_quiet,
 )
 from mssendmail.transport import from_config
 
@@ -70,8 +68,6 @@ RESCAN_SECONDS = 1.0
 PREPARE_AHEAD = 2  # threads beyond CONCURRENCY that prepare while others wait on Graph
 PICKUP_BATCH = 64  # small rounds keep dispatch going while a big maildrop/ drains
 FLUSH_MIN_INTERVAL = 60.0
-SWEEP_INTERVAL = 600.0
-RECOVER_SECONDS = 60.0
 ERROR_PAUSE = 10.0  # after an unexpected error (disk full, a bug): stop dispatching this long
 
 
@@ -95,8 +91,7 @@ class Worker:
         self.fifo_fd = -1
         self.fifo_keep = -1
         self.last_flush = 0.0
-        self.last_sweep = 0.0
-        self.last_recover = 0.0
+        self.housekeeping = Housekeeping(self.spool, ctx.cfg)
         self.stall_until = 0.0
         self.triggered = True
         self.last_listing = 0.0
@@ -219,38 +214,6 @@ class Worker:
                 del self.inflight[qid]
                 self.outcomes[future.result()] += 1
 
-    def heartbeat(self, now: float) -> None:
-        data = {
-            "pid": os.getpid(),
-            "time": now,
-            "mode": "once" if self.once else "service",
-            "version": __version__,
-            "inflight": len(self.inflight),
-        }
-        path = self.spool.state_path(HEARTBEAT_FILE)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "w") as fh:
-                json.dump(data, fh)
-            os.replace(tmp, path)  # not fsynced: a lost heartbeat is harmless
-        except OSError:
-            unlink_quiet(tmp)
-
-    def sweep(self, now: float) -> None:
-        """Forget sent-mail records older than SENT_RETENTION."""
-        if now - self.last_sweep < SWEEP_INTERVAL:
-            return
-        self.last_sweep = now
-        keep = self.ctx.cfg.seconds("SENT_RETENTION")
-        directory = self.spool.dir("sent")
-        for name in os.listdir(directory):
-            path = os.path.join(directory, name)
-            try:
-                if now - os.stat(path).st_mtime > keep:
-                    os.unlink(path)
-            except FileNotFoundError:
-                continue
-
     # -- main loops -----------------------------------------------------
     def step(self) -> bool:
         """One round of pickup and dispatch; True if anything is (still) to do."""
@@ -290,7 +253,7 @@ class Worker:
                 return False
             self.triggered = False
             self.last_listing = now
-            self.backlog = collections.deque(listing(self.spool))
+            self.backlog = collections.deque(maildrop_names(self.spool))
         elif len(self.pending) >= PICKUP_BATCH:
             return False
         batch = [self.backlog.popleft() for _ in range(min(PICKUP_BATCH, len(self.backlog)))]
@@ -309,11 +272,8 @@ class Worker:
         self.open_trigger()
         while not self.stopping.is_set():
             now = self.ctx.now()
-            self.heartbeat(now)
-            self.sweep(now)
-            if now - self.last_recover >= RECOVER_SECONDS:
-                self.last_recover = now
-                self.housekeeping(now)
+            heartbeat.beat(self.spool, now, self.once, len(self.inflight))
+            self.housekeeping.tick(now)
             self.step()
             # step() dispatched all it may; finished sends and pickups poke us.
             if self.wait(RESCAN_SECONDS):
@@ -321,22 +281,15 @@ class Worker:
         self.drain_inflight()
         return 0
 
-    def housekeeping(self, now: float) -> None:
-        """What killed processes leave behind: claims, temp files, parked sent mail."""
-        idempotency.recover(self.spool, now)  # marks each one's outcome unknown
-        for name in sweep_temps(self.spool, now):
-            log.info(logs.kv(event="removed-temp", file=name))
-        outcome.sweep_sent(self.spool, now)
-
     def run_once(self) -> int:
-        self.housekeeping(self.ctx.now())
-        self.heartbeat(self.ctx.now())
+        self.housekeeping.recover(self.ctx.now())
+        heartbeat.beat(self.spool, self.ctx.now(), self.once, len(self.inflight))
         while not self.stopping.is_set():
             if not self.step():
                 break
             self.wait(0.05)  # finished sends and pickups poke us
         self.drain_inflight()
-        self.sweep(self.ctx.now())
+        self.housekeeping.expire_sent(self.ctx.now())
         now = self.ctx.now()
         if pause.queue_paused_until(self.spool) > now or self.stall_until > now:
             return EX_TEMPFAIL
@@ -358,7 +311,7 @@ def build_context(cfg: config.Config) -> Context:
         spool=spool,
         cfg=cfg,
         transport=transport,
-        policy=Policy.from_config(cfg),
+        policy=RetryPolicy.from_config(cfg),
         notify=notifier(cfg, spool),
     )
 

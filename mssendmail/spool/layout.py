@@ -210,6 +210,19 @@ def sweep_temps(spool: Spool, now: float | None = None) -> list[str]:
     return removed
 
 
+def write_unsynced(path: str, data: bytes) -> None:
+    """Replace a small file without fsync: for state rewritten all the time and
+    harmless to lose (the worker's heartbeat). OSError after removing the temp file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        unlink_quiet(tmp)
+        raise
+
+
 def entry_id(name: str, suffix: str = RECORD_SUFFIX) -> str | None:
     """The queue id in an entry name such as ``<id>.json``, or None if it is not one."""
     if not name.endswith(suffix):
@@ -265,6 +278,17 @@ class Spool:
         return os.path.exists(self.sent_path(queue_id)) or os.path.lexists(
             self.path(SENT, queue_id)
         )
+
+    def expire(self, area: str, keep: float, now: float) -> None:
+        """Remove the entries of `area` whose mtime is older than `keep` seconds (sent/)."""
+        directory = self.dir(area)
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            try:
+                if now - os.stat(path).st_mtime > keep:
+                    os.unlink(path)
+            except FileNotFoundError:
+                continue
 
     def due_at(self, queue_id: str, area: str = DEFERRED) -> float:
         """When a deferred message is due: its file's mtime (FileNotFoundError if gone)."""
