@@ -41,6 +41,8 @@ DEFAULTS: dict[str, str] = {
     "ALIASES": "",
     "ADMIN_ADDRESS": "",
     "LOCAL_DOMAIN": "",
+    # Charset for 8-bit text that is not UTF-8 and says no charset (delivery/mime.py).
+    "DEFAULT_CHARSET": "iso-8859-1",
     # Where things live.
     "QUEUE_DIR": "/var/lib/mssendmail/queue",
     "LOG_DIR": "",

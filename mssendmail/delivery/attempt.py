@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from mssendmail.config import Config
 from mssendmail.delivery import idempotency, outcome
 from mssendmail.delivery.gate import PER_MAILBOX_LIMIT, MailboxGate
+from mssendmail.delivery.mime import FixCounts
 from mssendmail.delivery.retry import backoff
 from mssendmail.errors import (
     ConfigError,
@@ -81,6 +82,7 @@ class Context:
     now: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     notify: Callable[[bytes, dict[str, Any], str, dict[str, Any]], None] | None = None
+    mime_fixes: FixCounts = field(default_factory=FixCounts)
 
 
 def deliver(ctx: Context, queue_id: str, area: str) -> Outcome:
@@ -137,13 +139,17 @@ class Job:
     def info(self) -> dict[str, Any]:
         """The fields every log line and the sent record of this attempt carry."""
         prepared = self.ready
-        return {
+        info: dict[str, Any] = {
             "id": self.held.queue_id,
             "message_id": prepared.message_id,
             "mailbox": prepared.mailbox,
             "rcpts": len(prepared.recipients),
             "size": len(prepared.mime),
         }
+        if prepared.mime_fixed or prepared.mime_kept:
+            info["mime_fixed"] = ",".join(prepared.mime_fixed) or None
+            info["mime_kept"] = prepared.mime_kept or None
+        return info
 
 
 def _attempt(ctx: Context, held: Claim) -> Outcome:
@@ -253,7 +259,7 @@ def _act_send(job: Job) -> Outcome:
         return _failed(ctx, held, state, envelope, job.message, prepared.mailbox, exc, sent_at)
     _log_attempt(info, attempt, "sent", delivered.status, None, delivered.request_id, started)
     record_info.update(sent=ctx.now(), attempts=attempt, request_id=delivered.request_id)
-    return _record_sent(ctx, held, record_info)
+    return _record_sent(ctx, held, prepared, record_info)
 
 
 def _log_attempt(
@@ -279,7 +285,9 @@ def _log_attempt(
     )
 
 
-def _record_sent(ctx: Context, held: Claim, record_info: dict[str, Any]) -> Outcome:
+def _record_sent(
+    ctx: Context, held: Claim, prepared: Prepared, record_info: dict[str, Any]
+) -> Outcome:
     try:
         outcome.sent(ctx.spool, held, record_info)
     except OSError as exc:
@@ -287,6 +295,7 @@ def _record_sent(ctx: Context, held: Claim, record_info: dict[str, Any]) -> Outc
         log.error(kv(event="sent-unrecorded", id=held.queue_id, error=exc.strerror or str(exc)))
         outcome.sent_unrecorded(ctx.spool, held)
         return Outcome.SENT
+    ctx.mime_fixes.add(prepared.mime_fixed)
     pause.clear_queue_pause(ctx.spool)
     return Outcome.SENT
 

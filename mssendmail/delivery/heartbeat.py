@@ -14,7 +14,7 @@ from mssendmail import __version__
 from mssendmail.spool.layout import HEARTBEAT_FILE, Spool, write_unsynced
 
 
-def beat(spool: Spool, now: float, once: bool, inflight: int) -> None:
+def beat(spool: Spool, now: float, once: bool, inflight: int, **extra: object) -> None:
     """Record that this worker is alive at `now`; never fails the caller."""
     data = {
         "pid": os.getpid(),
@@ -22,6 +22,7 @@ def beat(spool: Spool, now: float, once: bool, inflight: int) -> None:
         "mode": "once" if once else "service",
         "version": __version__,
         "inflight": inflight,
+        **extra,
     }
     try:
         write_unsynced(spool.state_path(HEARTBEAT_FILE), json.dumps(data).encode())

@@ -53,6 +53,7 @@ from typing import Any
 
 from mssendmail.config import Config
 from mssendmail.delivery.aliases import AliasFile, Resolver
+from mssendmail.delivery.mime import check_charset, normalise
 from mssendmail.errors import ConfigError, DataError
 
 CRLF = b"\r\n"
@@ -75,6 +76,8 @@ class Prepared:
     recipients: list[str]
     warnings: list[str]
     message_id: str
+    mime_fixed: tuple[str, ...] = ()  # repairs by mssendmail.delivery.mime, for the log
+    mime_kept: str = ""  # why a message went out untouched (signed, dkim)
 
 
 class SenderPolicy:
@@ -87,8 +90,10 @@ class SenderPolicy:
         *,
         from_name: str = "",
         allowed_from: Iterable[str] = (),
+        default_charset: str = "iso-8859-1",
     ) -> None:
         self.sender = sender
+        self.default_charset = default_charset
         self.sender_domain = sender.rpartition("@")[2]
         self.resolver = resolver
         self.from_name = from_name
@@ -127,11 +132,16 @@ class SenderPolicy:
         )
         if aliases is not None:
             aliases.table()  # an unreadable file is a ConfigError now, not at the first send
+        try:
+            charset = check_charset(cfg.get("DEFAULT_CHARSET"))
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; fix DEFAULT_CHARSET in the config") from None
         return cls(
             sender,
             resolver,
             from_name=cfg.get("FROM_NAME"),
             allowed_from=cfg.addresses("ALLOWED_FROM"),
+            default_charset=charset,
         )
 
     def allows(self, address: str) -> bool:
@@ -355,7 +365,8 @@ def prepare(
     mailbox = _fix_from(headers, policy, env, warnings)
     message_id = _fix_date_and_id(headers, policy, env, queue_id)
     mime = _assemble(headers, data, body_at, lf_only)
-    return Prepared(mime, mailbox, recipients, warnings, message_id)
+    fixed = normalise(mime, policy.default_charset)  # charsets, long lines, 8-bit headers
+    return Prepared(fixed.mime, mailbox, recipients, warnings, message_id, fixed.fixed, fixed.kept)
 
 
 def _split(message: bytes) -> tuple[bytes, list[bytes], int, bool]:

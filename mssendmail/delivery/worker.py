@@ -214,6 +214,9 @@ class Worker:
                 del self.inflight[qid]
                 self.outcomes[future.result()] += 1
 
+    def _beat_extra(self) -> dict[str, object]:
+        return {"mime_fixed": self.ctx.mime_fixes.snapshot()}  # since this worker started
+
     # -- main loops -----------------------------------------------------
     def step(self) -> bool:
         """One round of pickup and dispatch; True if anything is (still) to do."""
@@ -272,7 +275,7 @@ class Worker:
         self.open_trigger()
         while not self.stopping.is_set():
             now = self.ctx.now()
-            heartbeat.beat(self.spool, now, self.once, len(self.inflight))
+            heartbeat.beat(self.spool, now, self.once, len(self.inflight), **self._beat_extra())
             self.housekeeping.tick(now)
             self.step()
             # step() dispatched all it may; finished sends and pickups poke us.
@@ -283,7 +286,9 @@ class Worker:
 
     def run_once(self) -> int:
         self.housekeeping.recover(self.ctx.now())
-        heartbeat.beat(self.spool, self.ctx.now(), self.once, len(self.inflight))
+        heartbeat.beat(
+            self.spool, self.ctx.now(), self.once, len(self.inflight), **self._beat_extra()
+        )
         while not self.stopping.is_set():
             if not self.step():
                 break
