@@ -33,6 +33,9 @@ ALLOWED: dict[str, str] = {
     "delivery/outcome.py:_rewrite_parked": "to move: Spool.record_sent",
     "delivery/outcome.py:sweep_sent": "to move: Spool.record_sent",
     "delivery/idempotency.py:_forget_denied": "to move: a state/ file verb",
+    "delivery/cleanup.py:run_due": "to move: a state/ job verb (SENT_ITEMS=delete jobs)",
+    "delivery/cleanup.py:_run_one": "to move: a state/ job verb",
+    "delivery/cleanup.py:_give_up": "to move: a state/ job verb",
     "admin/actions.py:requeue": "to move: Spool.release_dead",
     "admin/actions.py:delete": "to move: Spool.delete",
 }

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mssendmail.config import Config
-from mssendmail.delivery import idempotency, outcome
+from mssendmail.delivery import cleanup, idempotency, outcome, protection
 from mssendmail.delivery.gate import PER_MAILBOX_LIMIT, MailboxGate
 from mssendmail.delivery.mime import FixCounts
 from mssendmail.delivery.retry import backoff
@@ -245,6 +245,10 @@ def _act_send(job: Job) -> Outcome:
         "submitted": envelope.get("time"),
     }
     handled = idempotency.before_send(ctx, held, state, prepared, record_info)
+    if handled is None:
+        handled = protection.before_send(
+            ctx, held, state, prepared.mailbox, len(prepared.recipients)
+        )
     if handled is not None:
         return Outcome(handled)
     attempt = meta.attempts(state) + 1
@@ -254,12 +258,13 @@ def _act_send(job: Job) -> Outcome:
         with ctx.gate.slot(prepared.mailbox):
             delivered = ctx.transport.send(prepared.mailbox, prepared.mime, held.queue_id)
     except DeliveryError as exc:
+        protection.after_failure(ctx, prepared.mailbox, len(prepared.recipients), exc)
         _log_attempt(info, attempt, _kind(exc), exc.status, exc.code, exc.request_id, started)
         assert job.message is not None  # read before prepare()
         return _failed(ctx, held, state, envelope, job.message, prepared.mailbox, exc, sent_at)
     _log_attempt(info, attempt, "sent", delivered.status, None, delivered.request_id, started)
     record_info.update(sent=ctx.now(), attempts=attempt, request_id=delivered.request_id)
-    return _record_sent(ctx, held, prepared, record_info)
+    return _record_sent(ctx, held, prepared, record_info, sent_at)
 
 
 def _log_attempt(
@@ -286,7 +291,11 @@ def _log_attempt(
 
 
 def _record_sent(
-    ctx: Context, held: Claim, prepared: Prepared, record_info: dict[str, Any]
+    ctx: Context,
+    held: Claim,
+    prepared: Prepared,
+    record_info: dict[str, Any],
+    sent_at: float,
 ) -> Outcome:
     try:
         outcome.sent(ctx.spool, held, record_info)
@@ -297,6 +306,7 @@ def _record_sent(
         return Outcome.SENT
     ctx.mime_fixes.add(prepared.mime_fixed)
     pause.clear_queue_pause(ctx.spool)
+    cleanup.schedule(ctx, held.queue_id, prepared.mailbox, prepared.message_id, sent_at)
     return Outcome.SENT
 
 

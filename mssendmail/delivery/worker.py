@@ -46,7 +46,7 @@ from typing import Any
 
 from mssendmail import __version__, config, logs
 from mssendmail.argv import Parser
-from mssendmail.delivery import affinity, heartbeat
+from mssendmail.delivery import affinity, cleanup, heartbeat
 from mssendmail.delivery.attempt import Context, Outcome, RetryPolicy, deliver
 from mssendmail.delivery.gate import MailboxGate
 from mssendmail.delivery.housekeeping import Housekeeping
@@ -68,6 +68,7 @@ RESCAN_SECONDS = 1.0
 PREPARE_AHEAD = 2  # threads beyond CONCURRENCY that prepare while others wait on Graph
 PICKUP_BATCH = 64  # small rounds keep dispatch going while a big maildrop/ drains
 FLUSH_MIN_INTERVAL = 60.0
+TIDY_SECONDS = 5.0  # how often due SENT_ITEMS=delete jobs are looked at
 ERROR_PAUSE = 10.0  # after an unexpected error (disk full, a bug): stop dispatching this long
 
 
@@ -103,6 +104,8 @@ class Worker:
         self.pending_ids: set[str] = set()
         self.outcomes: dict[Outcome, int] = {o: 0 for o in Outcome}
         self.network_failures = 0
+        self.last_tidy = 0.0
+        self.tidying: Future[int] | None = None
 
     # -- wake-ups -------------------------------------------------------
     def open_trigger(self) -> None:
@@ -278,11 +281,19 @@ class Worker:
             heartbeat.beat(self.spool, now, self.once, len(self.inflight), **self._beat_extra())
             self.housekeeping.tick(now)
             self.step()
+            self.tidy_sent_items(now)
             # step() dispatched all it may; finished sends and pickups poke us.
             if self.wait(RESCAN_SECONDS):
                 self.flush_deferred(self.ctx.now())
         self.drain_inflight()
         return 0
+
+    def tidy_sent_items(self, now: float) -> None:
+        """SENT_ITEMS=delete: one clean-up round at a time, in a pool thread."""
+        if now - self.last_tidy < TIDY_SECONDS or not (self.tidying is None or self.tidying.done()):
+            return
+        self.last_tidy = now
+        self.tidying = self.pool.submit(cleanup.run_due, self.ctx)
 
     def run_once(self) -> int:
         self.housekeeping.recover(self.ctx.now())
@@ -294,6 +305,8 @@ class Worker:
                 break
             self.wait(0.05)  # finished sends and pickups poke us
         self.drain_inflight()
+        while cleanup.run_due(self.ctx) >= cleanup.BATCH:  # SENT_ITEMS=delete jobs now due
+            pass
         self.housekeeping.expire_sent(self.ctx.now())
         now = self.ctx.now()
         if pause.queue_paused_until(self.spool) > now or self.stall_until > now:
@@ -366,6 +379,7 @@ def serve(args: argparse.Namespace) -> int:
     policy_for(cfg)  # SENDER, ALLOWED_FROM, ALIASES: fail now (78), not per message
     cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
     ctx = build_context(cfg)
+    cleanup.enabled(ctx)  # SENT_ITEMS must be keep or delete: exit 78 now
     worker = Worker(ctx, concurrency, args.once)
 
     def stop(signum: int, frame: Any) -> None:
