@@ -36,6 +36,9 @@ ALLOWED: dict[str, str] = {
     "delivery/cleanup.py:run_due": "to move: a state/ job verb (SENT_ITEMS=delete jobs)",
     "delivery/cleanup.py:_run_one": "to move: a state/ job verb",
     "delivery/cleanup.py:_give_up": "to move: a state/ job verb",
+    "delivery/pickup.py:Staged.release": "to move: Spool.pick_up (its temp copy)",
+    "delivery/fairness.py:publish_over_cap": "to move: a state/ file verb",
+    "admin/maildrop.py:remove": "to move: Spool.delete (a maildrop/ entry)",
     "admin/actions.py:requeue": "to move: Spool.release_dead",
     "admin/actions.py:delete": "to move: Spool.delete",
 }

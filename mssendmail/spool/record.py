@@ -29,6 +29,17 @@ FOOTER_LEN = len(MAGIC) + 1 + 20 + 1 + 10 + 1 + 64 + 1
 MAX_ENVELOPE = 1024 * 1024
 CHUNK = 256 * 1024
 VERSION = 1
+MAX_TIME = 16725225600  # 2500-01-01: any time beyond is hostile or a bug
+
+
+def time_ok(value: object) -> bool:
+    """A Unix time that every time function can take: a finite number in [0, MAX_TIME].
+
+    JSON from a submitter may hold NaN, Infinity or 1e20 (json.loads takes them).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return 0 <= value <= MAX_TIME  # False for NaN
 
 
 class CorruptRecord(DataError):
@@ -259,8 +270,8 @@ def validate_envelope(envelope: dict[str, Any]) -> None:
             raise CorruptRecord("envelope has an empty recipient")
     if envelope.get("full_name") is not None:
         _clean_text(envelope["full_name"], "full_name")
-    if not isinstance(envelope.get("time", 0), (int, float)):
-        raise CorruptRecord("envelope time is not a number")
+    if not time_ok(envelope.get("time", 0)):
+        raise CorruptRecord("envelope time is not a time between 1970 and 2500")
 
 
 def read_message(fh: BinaryIO, message_len: int) -> bytes:
