@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/submit.py [--rounds 200] [--writers 50] [--per-writer 200]
                                      [--big-mb 100] [--only latency|concurrency|memory]
+                                     [--against OTHER/.venv/bin/mssendmail]
                                      [--python .venv-py3.9/bin/python]
 
 --python runs the benchmark under another venv's interpreter (re-executing
@@ -11,7 +12,9 @@ belong to that interpreter: one Python per run, never mixed.
 latency      median wall time of ``mssendmail -t -i < 4 KB message`` against
              ``python -I -c pass`` run by the same interpreter binary, the two
              alternating in one loop so machine load hits both alike. Goal:
-             ratio of medians <= 2.0.
+             ratio of medians <= 2.0. With --against, another install's
+             ``mssendmail`` joins the same loop (e.g. a worktree of an older
+             commit) and the report adds ours/theirs; goal then also <= 1.05.
 concurrency  --writers processes each run ``mssendmail`` --per-writer times
              (real subprocesses); then every maildrop file must pass
              record.verify and carry exactly one of the expected markers.
@@ -93,7 +96,7 @@ def timed(cmd: list[str], stdin_path: str, env: dict[str, str]) -> float:
     return elapsed
 
 
-def bench_latency(base: str, rounds: int) -> tuple[bool, list[str]]:
+def bench_latency(base: str, rounds: int, against: str | None = None) -> tuple[bool, list[str]]:
     spool = fresh_spool(base, "latency")
     path = os.path.join(base, "m4k.eml")
     Path(path).write_bytes(message(4096))
@@ -103,15 +106,26 @@ def bench_latency(base: str, rounds: int) -> tuple[bool, list[str]]:
     for _ in range(5):  # warm the page cache for both
         timed(base_cmd, path, env)
         timed(cmd, path, env)
+    other_cmd = [against, "-t", "-i"] if against else None
+    if other_cmd:
+        for _ in range(5):
+            timed(other_cmd, path, env)
     base_t: list[float] = []
     ours: list[float] = []
-    for _ in range(rounds):
+    theirs: list[float] = []
+    for i in range(rounds):
         base_t.append(timed(base_cmd, path, env))
+        # Alternate which install goes first, so neither always follows the baseline.
+        if other_cmd and i % 2:
+            theirs.append(timed(other_cmd, path, env))
         ours.append(timed(cmd, path, env))
+        if other_cmd and not i % 2:
+            theirs.append(timed(other_cmd, path, env))
     queued = len(maildrop_ids(spool))
     med_base, med_ours = statistics.median(base_t), statistics.median(ours)
     ratio = med_ours / med_base
-    ok = ratio <= 2.0 and queued == rounds + 5
+    expected = (rounds + 5) * (2 if other_cmd else 1)
+    ok = ratio <= 2.0 and queued == expected
 
     def q(values: list[float]) -> str:
         cuts = statistics.quantiles(values, n=10)
@@ -127,6 +141,13 @@ def bench_latency(base: str, rounds: int) -> tuple[bool, list[str]]:
         f"  ratio of medians {ratio:.2f} (goal <= 2.00), {queued} messages queued"
         f" -> {'PASS' if ok else 'FAIL'}",
     ]
+    if other_cmd:
+        versus = med_ours / statistics.median(theirs)
+        ok = ok and versus <= 1.05
+        lines += [
+            f"  against   {against} -t -i:  {q(theirs)}",
+            f"  ours / theirs (medians) {versus:.3f} (goal <= 1.05) -> {'PASS' if ok else 'FAIL'}",
+        ]
     return ok, lines
 
 
@@ -225,6 +246,7 @@ def main() -> int:
     parser.add_argument("--per-writer", type=int, default=200)
     parser.add_argument("--big-mb", type=int, default=100)
     parser.add_argument("--only", choices=("latency", "concurrency", "memory"))
+    parser.add_argument("--against", help="another install's mssendmail, timed in the same loop")
     parser.add_argument("--python", help="a venv's python to run the benchmark with instead")
     args = parser.parse_args()
     if args.python and os.path.abspath(args.python) != os.path.abspath(sys.executable):
@@ -243,7 +265,7 @@ def main() -> int:
         where = f"python {sys.version.split()[0]} ({sys.executable})"
         print(f"{where}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
         if args.only in (None, "latency"):
-            ok, lines = bench_latency(base, args.rounds)
+            ok, lines = bench_latency(base, args.rounds, args.against)
             results.append(ok)
             print("\n".join(lines), flush=True)
         if args.only in (None, "concurrency"):

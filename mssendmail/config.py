@@ -1,11 +1,12 @@
 """Configuration: /etc/mssendmail/.env, overridden by environment variables.
 
-Paths stay plain strings: importing pathlib would cost submission ~10 ms.
+Paths stay plain strings: importing pathlib is a large share of what a
+submission may spend (bench/RESULTS.md, Submission).
 The file is read only if the caller can read it: submitters normally cannot
 (it holds the secrets), and then run on defaults plus their environment.
 Submission must stay fast, so it parses plain ``KEY=value`` lines itself and
 hands anything fancier (quotes with escapes, ``${VAR}`` expansion) to
-python-dotenv, which costs ~50 ms to import.
+python-dotenv, whose import alone would be slower than the whole submission.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from mssendmail.errors import ConfigError
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # collections.abc imports the collections package: ~1.5 ms of submission
+if TYPE_CHECKING:  # collections.abc imports the collections package: not on submission
     from collections.abc import Mapping
 
 DEFAULT_PATH = "/etc/mssendmail/.env"

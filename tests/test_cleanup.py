@@ -103,7 +103,7 @@ def test_a_copy_that_never_appears_is_given_up_with_one_line(tmp_path: Path) -> 
 
     from mssendmail.config import Config
     from mssendmail.delivery import cleanup
-    from mssendmail.delivery.attempt import Context, Policy
+    from mssendmail.delivery.attempt import Context, RetryPolicy
 
     spool = make_spool(tmp_path / "queue")
     clock = [1_000_000.0]
@@ -112,7 +112,7 @@ def test_a_copy_that_never_appears_is_given_up_with_one_line(tmp_path: Path) -> 
         spool=spool,
         cfg=Config({"QUEUE_DIR": spool.root, "SENT_ITEMS": "delete", "SENT_ITEMS_DELAY": "1s"}),
         transport=transport,  # type: ignore[arg-type]
-        policy=Policy(retry_min=1, retry_max=2, max_age=86400, max_attempts=None),
+        policy=RetryPolicy(retry_min=1, retry_max=2, max_age=86400, max_attempts=None),
         now=lambda: clock[0],
         rng=random.Random(1),
     )

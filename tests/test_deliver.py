@@ -14,7 +14,7 @@ import pytest
 
 from mssendmail.config import Config
 from mssendmail.delivery import outcome
-from mssendmail.delivery.attempt import Context, Outcome, Policy, deliver
+from mssendmail.delivery.attempt import Context, Outcome, RetryPolicy, deliver
 from mssendmail.delivery.pickup import pickup
 from mssendmail.errors import (
     ConfigurationFailure,
@@ -64,7 +64,7 @@ def make_ctx(spool: Spool, transport: Any, clock: Clock, **cfg: str) -> Context:
         spool=spool,
         cfg=Config(values),
         transport=transport,
-        policy=Policy(retry_min=60, retry_max=3600, max_age=5 * 86400, max_attempts=None),
+        policy=RetryPolicy(retry_min=60, retry_max=3600, max_age=5 * 86400, max_attempts=None),
         now=clock,
         rng=random.Random(7),
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mssendmail.config import Config
-from mssendmail.delivery.attempt import Context, Policy
+from mssendmail.delivery.attempt import Context, RetryPolicy
 from mssendmail.delivery.fairness import OVER_CAP_FILE, FairQueue, interleave
 from mssendmail.delivery.worker import Worker
 from mssendmail.errors import SpoolError
@@ -48,7 +48,7 @@ def worker(spool: Spool, transport: Recording, **cfg: str) -> Worker:
         spool=spool,
         cfg=Config({"SENDER": "relay@example.com", "QUEUE_DIR": spool.root, **cfg}),
         transport=transport,
-        policy=Policy(retry_min=60, retry_max=3600, max_age=86400, max_attempts=None),
+        policy=RetryPolicy(retry_min=60, retry_max=3600, max_age=86400, max_attempts=None),
     )
     return Worker(ctx, concurrency=1, once=True)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from mssendmail import config
-from mssendmail.delivery.attempt import Context, Outcome, Policy, deliver
+from mssendmail.delivery.attempt import Context, Outcome, RetryPolicy, deliver
 from mssendmail.delivery.pickup import pickup
 from mssendmail.delivery.retry import JITTER_LOW
 from mssendmail.delivery.worker import Worker
@@ -79,7 +79,7 @@ class Harness:
             spool=spool,
             cfg=cfg,
             transport=GraphTransport.from_config(cfg),
-            policy=Policy(RETRY_MIN, RETRY_MAX, max_age=30 * 86400, max_attempts=None),
+            policy=RetryPolicy(RETRY_MIN, RETRY_MAX, max_age=30 * 86400, max_attempts=None),
             now=self.clock,
             rng=random.Random(7),
         )

@@ -14,7 +14,7 @@ import pytest
 from mssendmail import transport as transports
 from mssendmail.config import Config
 from mssendmail.delivery import idempotency
-from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
+from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, RetryPolicy, deliver
 from mssendmail.delivery.pickup import pickup
 from mssendmail.spool import meta
 from mssendmail.spool.claim import claim
@@ -62,7 +62,7 @@ def make_ctx(spool: Spool, fake: FakeGraph, **extra: str) -> Context:
         spool=spool,
         cfg=cfg,
         transport=transports.from_config(cfg),
-        policy=Policy(retry_min=0.1, retry_max=0.2, max_age=86400, max_attempts=None),
+        policy=RetryPolicy(retry_min=0.1, retry_max=0.2, max_age=86400, max_attempts=None),
         gate=MailboxGate(),
         rng=random.Random(3),
     )

@@ -16,7 +16,7 @@ import pytest
 
 from mssendmail import transport as transports
 from mssendmail.config import Config
-from mssendmail.delivery.attempt import Context, Outcome, Policy, deliver
+from mssendmail.delivery.attempt import Context, Outcome, RetryPolicy, deliver
 from mssendmail.delivery.pickup import pickup
 from mssendmail.errors import PermanentFailure, TemporaryFailure
 from mssendmail.graph import large
@@ -204,7 +204,7 @@ def attempt(spool: Spool, fake: FakeGraph, tmp_path: Path, message: bytes) -> tu
         spool=spool,
         cfg=Config({"SENDER": MAILBOX, "QUEUE_DIR": spool.root}),
         transport=transport,
-        policy=Policy(retry_min=60, retry_max=3600, max_age=86400, max_attempts=None),
+        policy=RetryPolicy(retry_min=60, retry_max=3600, max_age=86400, max_attempts=None),
     )
     try:
         return deliver(ctx, qid, "queue"), qid

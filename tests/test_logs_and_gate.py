@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mssendmail import logs
-from mssendmail.delivery.attempt import PER_MAILBOX_LIMIT, MailboxGate
+from mssendmail.delivery.gate import PER_MAILBOX_LIMIT, MailboxGate
 
 
 def test_kv_quotes_values_with_spaces_and_dashes_empty_ones() -> None:

@@ -14,7 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mssendmail.config import Config
-from mssendmail.delivery.prepare import Policy, Prepared, normalise_newlines, policy_for, prepare
+from mssendmail.delivery.prepare import (
+    Prepared,
+    SenderPolicy,
+    normalise_newlines,
+    policy_for,
+    prepare,
+)
 from mssendmail.errors import EX_CONFIG, ConfigError, DataError, exit_code
 
 SENDER = "relay@example.com"
@@ -519,7 +525,7 @@ def test_missing_sender_is_a_config_error() -> None:
 )
 def test_bad_address_config_is_a_config_error(key: str, value: str) -> None:
     with pytest.raises(ConfigError, match=key):
-        Policy.from_config(cfg(**{key: value}))
+        SenderPolicy.from_config(cfg(**{key: value}))
 
 
 def test_unreadable_aliases_file_is_a_config_error(tmp_path: Path) -> None:

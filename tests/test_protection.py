@@ -15,7 +15,7 @@ import pytest
 
 from mssendmail.admin import listing, safety, stats
 from mssendmail.config import Config
-from mssendmail.delivery.attempt import Context, Outcome, Policy, deliver
+from mssendmail.delivery.attempt import Context, Outcome, RetryPolicy, deliver
 from mssendmail.delivery.pickup import pickup
 from mssendmail.errors import PermanentFailure
 from mssendmail.spool import budget
@@ -63,7 +63,7 @@ def make_ctx(spool: Spool, transport: Any, clock: Clock, **cfg: str) -> Context:
         spool=spool,
         cfg=Config({"SENDER": MAILBOX, "QUEUE_DIR": spool.root, **cfg}),
         transport=transport,
-        policy=Policy(retry_min=60, retry_max=3600, max_age=5 * 86400, max_attempts=None),
+        policy=RetryPolicy(retry_min=60, retry_max=3600, max_age=5 * 86400, max_attempts=None),
         now=clock,
         rng=random.Random(1),
     )

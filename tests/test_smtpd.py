@@ -6,6 +6,7 @@ import base64
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import smtplib
@@ -498,3 +499,25 @@ def test_third_failed_auth_closes_the_session(spool: Spool, users_file: Path) ->
         code, lines = w.reply()
         assert code == 421 and lines[0].startswith(b"421 4.7.0 ")
         assert w.reader.readline() == b""
+
+
+def test_log_lines_are_key_value_in_stderr_and_log_dir(
+    daemons: list[Daemon], tmp_path: Path, spool: Spool
+) -> None:
+    """smtpd logs through logs.py, as the worker does: key=value, and to LOG_DIR too."""
+    log_dir = tmp_path / "logs"
+    d = start(daemons, tmp_path, LOG_DIR=str(log_dir))
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as s:
+        assert s.sendmail("dev@example.org", ["ops@example.org"], message("logged")) == {}
+    assert d.stop() == 0
+    [qid] = maildrop_names(spool)
+    file_lines = (log_dir / "mssendmail.log").read_text().splitlines()
+    pair = r'[a-z_]+=(?:"(?:[^"\\]|\\.)*"|\S+)'
+    line_re = re.compile(rf"(?:DEBUG|INFO|WARNING|ERROR) {pair}(?: {pair})*")
+    for line in file_lines:
+        _when, _, rest = line.partition(",")  # "2026-12-01 22:50:00,123 INFO event=..."
+        assert line_re.fullmatch(rest.split(" ", 1)[1]), line
+    assert any(f"event=queued id={qid} " in line for line in file_lines)
+    assert any("event=listening" in line for line in file_lines)
+    stderr = [line for line in d.log_text().splitlines() if line]
+    assert stderr and all(line_re.fullmatch(line) for line in stderr), stderr

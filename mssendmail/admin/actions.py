@@ -119,7 +119,7 @@ def retry(spool: Spool, queue_id: str, now: float | None = None) -> Result:
         state["next_attempt"] = now
         meta.add_event(state, now, "retry", "made due by an admin")
         meta.write(spool, queue_id, state)
-        os.utime(spool.path(DEFERRED, queue_id), (now, now))
+        spool.set_due(queue_id, now)
     finally:
         held.release()
     return Result(queue_id, f"{queue_id}: due now")

@@ -31,10 +31,16 @@ from mssendmail.delivery import affinity
 from mssendmail.delivery.limits import Limits
 from mssendmail.errors import EX_CONFIG, EX_OK, MssendmailError
 from mssendmail.spool import meta, pause
-from mssendmail.spool.layout import DIR_MODES, ROOT_MODE, STATE, TRIGGER_MODE, Spool, service_ids
+from mssendmail.spool.layout import (
+    DIR_MODES,
+    HEARTBEAT_FILE,
+    ROOT_MODE,
+    TRIGGER_MODE,
+    Spool,
+    service_ids,
+)
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
-HEARTBEAT_FILE = "heartbeat.json"
 HEARTBEAT_FRESH = 120.0
 # A timer-driven --once worker beats only when it runs.
 ONCE_FRESH = 15 * 60.0
@@ -299,7 +305,7 @@ def check_roles(token: str) -> list[Result]:
 def check_worker(spool: Spool, now: float | None = None) -> Result:
     name = "worker"
     now = time.time() if now is None else now
-    path = spool.path(STATE, HEARTBEAT_FILE)
+    path = spool.state_path(HEARTBEAT_FILE)
     beat = meta.read_json(path)
     when = beat.get("time")
     if not isinstance(when, (int, float)) or isinstance(when, bool):

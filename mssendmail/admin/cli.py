@@ -52,7 +52,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -90,6 +91,8 @@ CONFIG_HELP = f"config file (default ${config.ENV_PATH_VAR}, then {config.DEFAUL
 STATES_HELP = "comma list of queued, active, deferred, hold, dead, sent, or all"
 
 
+# Over 40 lines on purpose: one declaration of every command and option, a table
+# rather than logic; split up, the command list would be scattered.
 def build_parser() -> Parser:
     common = Parser(add_help=False)
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=CONFIG_HELP)
@@ -250,6 +253,18 @@ def _body(spool: Spool, row: listing.Row) -> None:
         sys.stdout.buffer.flush()
 
 
+@dataclass
+class Shown:
+    """What `show` gathers about one message before any section is rendered."""
+
+    row: listing.Row
+    history: list[dict[str, Any]]
+    reason: dict[str, Any]
+    sent_info: dict[str, Any]
+    headers: list[tuple[str, str]]
+    damage: str | None
+
+
 def cmd_show(spool: Spool, args: argparse.Namespace) -> int:
     row = listing.find(spool, args.id)
     if row is None:
@@ -259,68 +274,121 @@ def cmd_show(spool: Spool, args: argparse.Namespace) -> int:
             raise NoSuchMessage(f"message {row.id} was sent; its body is no longer kept")
         _body(spool, row)
         return 0
+    shown = _gather(spool, row)
+    if args.json:
+        out([json.dumps(_show_json(shown), sort_keys=True)])
+        return 0
+    now = time.time()
+    lines: list[str] = []
+    for section in SHOW_SECTIONS:
+        lines.extend(section(shown, now))
+    out(lines)
+    return 0
+
+
+def _gather(spool: Spool, row: listing.Row) -> Shown:
     state = meta.read(spool, row.id) if row.state != listing.SENT_STATE else {}
     reason = meta.read_json(spool.reason_path(DEAD, row.id)) if row.state == DEAD else {}
     sent_info = meta.read_json(spool.sent_path(row.id)) if row.state == "sent" else {}
     headers, damage = ([], None) if row.state == "sent" else _headers(spool, row)
     history = [h for h in state.get("history", []) if isinstance(h, dict)]
-    if args.json:
-        doc: dict[str, Any] = row.as_json()
-        doc.update(
-            history=history,
-            reason=reason or None,
-            sent_record=sent_info or None,
-            headers=[[n, v] for n, v in headers],
-            checksum="ok" if not damage and row.state != "sent" else damage,
-        )
-        out([json.dumps(doc, sort_keys=True)])
-        return 0
-    now = time.time()
-    lines = [f"id:         {row.id}"]
+    return Shown(row, history, reason, sent_info, headers, damage)
+
+
+def _show_json(shown: Shown) -> dict[str, Any]:
+    doc: dict[str, Any] = shown.row.as_json()
+    doc.update(
+        history=shown.history,
+        reason=shown.reason or None,
+        sent_record=shown.sent_info or None,
+        headers=[[n, v] for n, v in shown.headers],
+        checksum="ok" if not shown.damage and shown.row.state != "sent" else shown.damage,
+    )
+    return doc
+
+
+def _show_state(shown: Shown, now: float) -> list[str]:
+    row = shown.row
     status = row.state
     nxt = listing.next_text(row, now)
     if row.state == DEFERRED:
         status += f", next attempt {listing.human_time(row.next_attempt)} ({nxt})"
-    lines.append(f"state:      {status}")
-    lines.append(f"submitted:  {listing.human_time(row.submitted)}")
-    if row.state == "sent":
-        lines.append(
-            f"sent:       {listing.human_time(row.sent)} as "
-            f"{listing.printable(sent_info.get('mailbox', '?'), 60)}"
-        )
-        for key in ("message_id", "request_id"):
-            if sent_info.get(key):
-                lines.append(f"{key + ':':<12}{listing.printable(sent_info[key], 66)}")
-    lines.append(f"size:       {row.size if row.size is not None else '?'} bytes")
-    lines.append(f"from:       {listing.shorten(row.sender or '<>', 68)}")
-    lines.append("to:         " + listing.recipients_text(row.recipients, 68))
-    lines.append(f"attempts:   {row.attempts}")
+    return [
+        f"id:         {row.id}",
+        f"state:      {status}",
+        f"submitted:  {listing.human_time(row.submitted)}",
+    ]
+
+
+def _show_sent(shown: Shown, now: float) -> list[str]:
+    if shown.row.state != "sent":
+        return []
+    info = shown.sent_info
+    lines = [
+        f"sent:       {listing.human_time(shown.row.sent)} as "
+        f"{listing.printable(info.get('mailbox', '?'), 60)}"
+    ]
+    for key in ("message_id", "request_id"):
+        if info.get(key):
+            lines.append(f"{key + ':':<12}{listing.printable(info[key], 66)}")
+    return lines
+
+
+def _show_envelope(shown: Shown, now: float) -> list[str]:
+    row, damage = shown.row, shown.damage
+    lines = [
+        f"size:       {row.size if row.size is not None else '?'} bytes",
+        f"from:       {listing.shorten(row.sender or '<>', 68)}",
+        "to:         " + listing.recipients_text(row.recipients, 68),
+        f"attempts:   {row.attempts}",
+    ]
     if row.damaged or damage:
         lines.append(f"DAMAGED:    {listing.shorten(row.damaged or damage or '', 68)}")
-    if row.error and not reason:
+    if row.error and not shown.reason:
         lines.extend(listing.wrap("last error: ", f"{row.error_code or '-'}: {row.error}", 12))
-    if reason:
-        lines.append("dead letter:")
-        for key in ("time", "why", "class", "status", "code", "attempts", "request_id", "message"):
-            value = reason.get(key)
-            if value is None or value == "":
-                continue
-            text = (
-                listing.human_time(value) if key == "time" and isinstance(value, float) else value
-            )
-            lines.extend(listing.wrap(f"  {key + ':':<12}", listing.printable(text), 14))
-    if history:
-        lines.append("history:")
-        for item in history:
-            when = item.get("time")
-            stamp = listing.human_time(when) if isinstance(when, (int, float)) else "?"
-            first = f"  {stamp}  {listing.printable(item.get('event', '?'), 12):<9} "
-            lines.extend(listing.wrap(first, listing.printable(item.get("detail", "")), 26))
-    if headers:
-        lines.append("headers:")
-        lines.extend(listing.shorten(f"  {n}: {v}", 80) for n, v in headers)
-    out(lines)
-    return 0
+    return lines
+
+
+def _show_dead(shown: Shown, now: float) -> list[str]:
+    if not shown.reason:
+        return []
+    lines = ["dead letter:"]
+    for key in ("time", "why", "class", "status", "code", "attempts", "request_id", "message"):
+        value = shown.reason.get(key)
+        if value is None or value == "":
+            continue
+        text = listing.human_time(value) if key == "time" and isinstance(value, float) else value
+        lines.extend(listing.wrap(f"  {key + ':':<12}", listing.printable(text), 14))
+    return lines
+
+
+def _show_history(shown: Shown, now: float) -> list[str]:
+    if not shown.history:
+        return []
+    lines = ["history:"]
+    for item in shown.history:
+        when = item.get("time")
+        stamp = listing.human_time(when) if isinstance(when, (int, float)) else "?"
+        first = f"  {stamp}  {listing.printable(item.get('event', '?'), 12):<9} "
+        lines.extend(listing.wrap(first, listing.printable(item.get("detail", "")), 26))
+    return lines
+
+
+def _show_headers(shown: Shown, now: float) -> list[str]:
+    if not shown.headers:
+        return []
+    return ["headers:", *(listing.shorten(f"  {n}: {v}", 80) for n, v in shown.headers)]
+
+
+# `show`'s text output, one renderer per section, in this order.
+SHOW_SECTIONS: tuple[Callable[[Shown, float], list[str]], ...] = (
+    _show_state,
+    _show_sent,
+    _show_envelope,
+    _show_dead,
+    _show_history,
+    _show_headers,
+)
 
 
 def _ids_for(

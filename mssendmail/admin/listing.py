@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,8 +34,10 @@ from mssendmail.spool.layout import (
     QUEUE,
     SENT,
     Spool,
+    entry_id,
     is_id,
 )
+from mssendmail.spool.record import read_envelope
 
 # What users see and type: maildrop and queue are both "queued".
 QUEUED = "queued"
@@ -128,39 +129,6 @@ def id_time(queue_id: str) -> float:
     return float(int(queue_id[:8], 16))
 
 
-def read_envelope(path: str) -> tuple[dict[str, Any], int]:
-    """(envelope, message length) from a record's footer, reading only the envelope.
-
-    The checksum is not verified (that needs the whole file); the worker does
-    that before sending. CorruptRecord if the file is not a plausible record.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as exc:
-        if isinstance(exc, PermissionError):
-            raise
-        raise record.CorruptRecord(f"cannot open: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise record.CorruptRecord("not a regular file")
-        if st.st_size < record.FOOTER_LEN:
-            raise record.CorruptRecord("too short to be a spool record")
-        tail = os.pread(fd, record.FOOTER_LEN, st.st_size - record.FOOTER_LEN)
-        message_len, envelope_len, _ = record.parse_footer(tail, st.st_size)
-        raw = os.pread(fd, envelope_len, message_len)
-    finally:
-        os.close(fd)
-    try:
-        envelope = json.loads(raw)
-    except ValueError:
-        raise record.CorruptRecord("envelope is not valid JSON") from None
-    if not isinstance(envelope, dict):
-        raise record.CorruptRecord("envelope is not a JSON object")
-    record.validate_envelope(envelope)
-    return envelope, message_len
-
-
 def _number(value: object) -> float | None:
     """A time from a record, or None when it is not one (NaN, 1e20: hostile or broken)."""
     if not record.time_ok(value):
@@ -211,7 +179,7 @@ def message_row(spool: Spool, queue_id: str, area: str) -> Row:
         row.error_code, row.error = error_fields(wait)
     if area == DEFERRED:
         try:
-            row.next_attempt = os.stat(path).st_mtime
+            row.next_attempt = spool.due_at(queue_id)
         except FileNotFoundError:
             pass
     if area == DEAD:
@@ -249,7 +217,7 @@ def sent_ids(spool: Spool) -> list[str]:
         names = os.listdir(spool.dir(SENT))
     except FileNotFoundError:
         return []
-    return sorted(n[:-5] for n in names if n.endswith(".json") and is_id(n[:-5]))
+    return sorted(qid for qid in map(entry_id, names) if qid is not None)
 
 
 def collect(spool: Spool, states: Iterable[str] = DEFAULT_STATES) -> list[Row]:

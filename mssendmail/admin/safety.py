@@ -12,10 +12,10 @@ from mssendmail.admin.checks import FAIL, PASS, WARN, Result
 from mssendmail.admin.listing import human_time, printable
 from mssendmail.config import Config
 from mssendmail.spool import meta
-from mssendmail.spool.layout import STATE, Spool
+from mssendmail.spool.layout import SENTITEMS_DENIED_FILE as DENIED_FILE
+from mssendmail.spool.layout import Spool
 
 READ_ROLES = ("Mail.ReadBasic.All", "Mail.ReadBasic", "Mail.Read", "Mail.ReadWrite")
-DENIED_FILE = "sentitems-lookup.json"  # written by mssendmail.delivery.idempotency
 LOOKUP = "Mail.ReadBasic.All"
 NO_LOOKUP = (
     "after a timeout, a 5xx or a crash the worker cannot tell whether Graph sent the "
@@ -27,7 +27,7 @@ NO_LOOKUP = (
 
 def check_lookup(spool: Spool, roles: list[str] | None) -> Result:
     """PASS/WARN for the Sent Items lookup; roles None = the token showed none."""
-    denied = meta.read_json(spool.path(STATE, DENIED_FILE))
+    denied = meta.read_json(spool.state_path(DENIED_FILE))
     if denied:
         when = denied.get("time")
         at = human_time(float(when)) if isinstance(when, (int, float)) else "?"

@@ -24,17 +24,18 @@ from mssendmail.spool.layout import (
     CORRUPT,
     DEAD,
     DEFERRED,
+    HEARTBEAT_FILE,
     HOLD,
     MAILDROP,
     META,
     QUEUE,
-    STATE,
+    REASON_SUFFIX,
     Spool,
+    entry_id,
     is_id,
     write_atomic,
 )
 
-HEARTBEAT_FILE = "heartbeat.json"
 WAITING = (MAILDROP, QUEUE, ACTIVE, DEFERRED)
 
 
@@ -103,7 +104,7 @@ def collect(spool: Spool, now: float | None = None) -> Stats:
         stats.paused_until = until
         reason = pause.current(spool).get("reason")
         stats.pause_reason = printable(reason, 300) if isinstance(reason, str) else None
-    heartbeat = meta.read_json(spool.path(STATE, HEARTBEAT_FILE))
+    heartbeat = meta.read_json(spool.state_path(HEARTBEAT_FILE))
     beat = heartbeat.get("time")
     if isinstance(beat, (int, float)) and not isinstance(beat, bool):
         stats.heartbeat = float(beat)
@@ -137,14 +138,14 @@ def _last_success(spool: Spool, sent: list[str], stats: Stats) -> None:
 def _last_failure(spool: Spool, stats: Stats) -> None:
     """The newest last_error in meta/ or reason in dead/."""
     candidates: list[tuple[str, str]] = [
-        (name[:-5], os.path.join(spool.dir(META), name))
-        for name in _listdir(spool, META)
-        if name.endswith(".json") and is_id(name[:-5])
+        (queue_id, spool.meta_path(queue_id))
+        for queue_id in map(entry_id, _listdir(spool, META))
+        if queue_id is not None
     ]
     candidates += [
-        (name[: -len(".reason.json")], os.path.join(spool.dir(DEAD), name))
-        for name in _listdir(spool, DEAD)
-        if name.endswith(".reason.json")
+        (queue_id, spool.reason_path(DEAD, queue_id))
+        for queue_id in (entry_id(name, REASON_SUFFIX) for name in _listdir(spool, DEAD))
+        if queue_id is not None
     ]
     for queue_id, path in candidates:
         data = meta.read_json(path)
@@ -169,10 +170,10 @@ def _limits(spool: Spool, stats: Stats, now: float) -> None:
 
     stats.budgets = {mb: [used, limit] for mb, (used, limit) in budget.usage(spool, now).items()}
     for name in _listdir(spool, META):
-        queue_id = name[:-5]
-        if not (name.endswith(".json") and is_id(queue_id)):
+        queue_id = entry_id(name)
+        if queue_id is None:
             continue
-        wait = meta.read_json(os.path.join(spool.dir(META), name)).get("wait")
+        wait = meta.read_json(spool.meta_path(queue_id)).get("wait")
         if isinstance(wait, dict) and os.path.exists(spool.path(DEFERRED, queue_id)):
             code = printable(wait.get("code", "?"), 40)
             stats.waiting[code] = stats.waiting.get(code, 0) + 1

@@ -4,9 +4,8 @@ Why: the worker's threads take turns on CPython's GIL, dozens of times per
 message (every socket read, fsync and rename releases it). When the threads
 sit on different CPUs, each handoff is a cross-CPU wake-up, and on a virtual
 machine that is an inter-processor interrupt. Python code runs on one core at
-a time anyway, so one CPU loses nothing. bench/drain on 2 vCPUs: 194 ->
-240-320 msg/s, and 4.8 -> 2.7-3.6 ms of worker CPU per message over several
-runs (bench/RESULTS.md).
+a time anyway, so one CPU loses nothing, and bench/drain.py drains markedly
+faster with less CPU per message (the figures: bench/RESULTS.md, Drain).
 
 Values: ``auto`` (default) picks the CPU the worker started on, when it may
 run on more than one; ``all`` leaves placement to the scheduler; a number

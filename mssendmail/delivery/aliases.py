@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mssendmail.errors import ConfigError
+from mssendmail.logs import kv
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class AliasFile:
             ) from exc
         table = parse(text, self.path)
         for warning in table.warnings:
-            log.warning("%s", warning)
+            log.warning(kv(event="aliases-warning", file=self.path, warning=warning))
         self._cached = (stamp, table)
         return table
 
@@ -254,7 +255,7 @@ class Resolver:
                 key = DEFAULT_KEY
         if key in path or len(path) >= MAX_DEPTH or targets is None:
             if key in path or len(path) >= MAX_DEPTH:
-                log.debug("alias loop or depth limit at %r via %s", name, " > ".join(path))
+                log.debug(kv(event="alias-loop", name=name, path=" > ".join(path)))
             fallback = self.fallback(name)
             out.setdefault(fallback.lower(), fallback)
             return

@@ -9,20 +9,16 @@ through the Context, so tests control the clock.
 from __future__ import annotations
 
 import enum
-import fcntl
-import hashlib
 import logging
-import os
 import random
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mssendmail.config import Config
 from mssendmail.delivery import cleanup, idempotency, outcome, poison, protection
+from mssendmail.delivery.gate import PER_MAILBOX_LIMIT, MailboxGate
 from mssendmail.delivery.mime import FixCounts
 from mssendmail.delivery.retry import backoff
 from mssendmail.errors import (
@@ -40,10 +36,10 @@ from mssendmail.spool.claim import Claim, claim
 from mssendmail.spool.layout import ACTIVE, Spool
 from mssendmail.transport import Transport
 
-log = logging.getLogger("mssendmail.delivery.attempt")
+if TYPE_CHECKING:  # prepare is imported when the first message is prepared
+    from mssendmail.delivery.prepare import Prepared
 
-PER_MAILBOX_LIMIT = 4  # Graph's MailboxConcurrency
-SLOT_POLL = 0.05
+log = logging.getLogger("mssendmail.delivery.attempt")
 
 
 class Outcome(enum.Enum):
@@ -55,14 +51,19 @@ class Outcome(enum.Enum):
 
 
 @dataclass
-class Policy:
+class RetryPolicy:
+    """When to retry and when to give up (RETRY_MIN/MAX, MAX_AGE, MAX_ATTEMPTS).
+
+    Not to be confused with prepare.SenderPolicy, the address rules.
+    """
+
     retry_min: float
     retry_max: float
     max_age: float
     max_attempts: int | None
 
     @classmethod
-    def from_config(cls, cfg: Config) -> Policy:
+    def from_config(cls, cfg: Config) -> RetryPolicy:
         return cls(
             retry_min=cfg.seconds("RETRY_MIN"),
             retry_max=cfg.seconds("RETRY_MAX"),
@@ -71,85 +72,12 @@ class Policy:
         )
 
 
-class MailboxGate:
-    """Per-mailbox throttle pauses and in-flight limits.
-
-    The limit holds across processes (the service plus an admin's --once):
-    a send first takes one of PER_MAILBOX_LIMIT flocked slot files for its
-    mailbox in state/. The files are opened once per process and locked
-    with fcntl directly: filelock's per-acquire bookkeeping cost the drain
-    benchmark ~1.4 ms of CPU per message. Without a lock directory (unit
-    tests) the in-process semaphore alone does the job.
-    """
-
-    def __init__(self, lock_dir: str | None = None, in_flight: int | None = None) -> None:
-        self.lock_dir = lock_dir
-        # CONCURRENCY caps requests in flight; the worker runs a few more
-        # threads so claim/verify/prepare overlap with the network.
-        self._in_flight = threading.BoundedSemaphore(in_flight) if in_flight else None
-        self._lock = threading.Lock()
-        self._until: dict[str, float] = {}
-        self._slots: dict[str, threading.BoundedSemaphore] = {}
-        self._fds: dict[tuple[str, int], int] = {}
-        self._taken: set[tuple[str, int]] = set()
-
-    def paused_until(self, mailbox: str) -> float:
-        with self._lock:
-            return self._until.get(mailbox.lower(), 0.0)
-
-    def pause(self, mailbox: str, until: float) -> None:
-        with self._lock:
-            key = mailbox.lower()
-            self._until[key] = max(until, self._until.get(key, 0.0))
-
-    @contextmanager
-    def slot(self, mailbox: str) -> Iterator[None]:
-        with self._lock:
-            sem = self._slots.setdefault(
-                mailbox.lower(), threading.BoundedSemaphore(PER_MAILBOX_LIMIT)
-            )
-        with sem:
-            taken = self._take_file_slot(mailbox) if self.lock_dir is not None else None
-            try:
-                if self._in_flight is None:
-                    yield
-                else:
-                    with self._in_flight:
-                        yield
-            finally:
-                if taken is not None:
-                    with self._lock:
-                        fcntl.flock(self._fds[taken], fcntl.LOCK_UN)
-                        self._taken.discard(taken)
-
-    def _take_file_slot(self, mailbox: str) -> tuple[str, int]:
-        key = hashlib.sha256(mailbox.lower().encode()).hexdigest()[:16]
-        while True:
-            with self._lock:
-                for n in range(PER_MAILBOX_LIMIT):
-                    slot = (key, n)
-                    if slot in self._taken:
-                        continue  # one of our own threads has it
-                    fd = self._fds.get(slot)
-                    if fd is None:
-                        path = os.path.join(self.lock_dir or "", f"slot-{key}-{n}.lock")
-                        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-                        fd = self._fds[slot] = os.open(path, flags, 0o660)
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        continue  # another process has it
-                    self._taken.add(slot)
-                    return slot
-            time.sleep(SLOT_POLL)  # all four taken by other processes
-
-
 @dataclass
 class Context:
     spool: Spool
     cfg: Config
     transport: Transport
-    policy: Policy
+    policy: RetryPolicy
     gate: MailboxGate = field(default_factory=MailboxGate)
     now: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
@@ -192,51 +120,137 @@ def _put_back_quietly(ctx: Context, held: Claim) -> None:
             pass  # recover() at the next start puts it back
 
 
+class Verdict(enum.Enum):
+    """What _classify found out about a claimed message, before anything is done."""
+
+    ALREADY_SENT = "already-sent"  # a sent record exists: a crash after the 202
+    QUEUE_PAUSED = "queue-paused"  # a configuration failure paused every send
+    DAMAGED = "damaged"  # the record fails its checksum
+    CONFIG = "config"  # prepare() found the configuration unusable
+    UNSENDABLE = "unsendable"  # prepare() refused this message for good
+    NO_RECIPIENTS = "no-recipients"  # every recipient was aliased away
+    MAILBOX_PAUSED = "mailbox-paused"  # Graph throttled the mailbox
+    SEND = "send"
+
+
+@dataclass
+class Job:
+    """One claimed message and what classification read about it."""
+
+    ctx: Context
+    held: Claim
+    state: dict[str, Any] = field(default_factory=dict)
+    envelope: dict[str, Any] = field(default_factory=dict)
+    message: bytes | None = None
+    prepared: Prepared | None = None
+    error: Exception | None = None
+    paused_until: float = 0.0
+
+    @property
+    def ready(self) -> Prepared:
+        assert self.prepared is not None  # every verdict after CONFIG/UNSENDABLE has one
+        return self.prepared
+
+    def info(self) -> dict[str, Any]:
+        """The fields every log line and the sent record of this attempt carry."""
+        prepared = self.ready
+        info: dict[str, Any] = {
+            "id": self.held.queue_id,
+            "message_id": prepared.message_id,
+            "mailbox": prepared.mailbox,
+            "rcpts": len(prepared.recipients),
+            "size": len(prepared.mime),
+        }
+        if prepared.mime_fixed or prepared.mime_kept:
+            info["mime_fixed"] = ",".join(prepared.mime_fixed) or None
+            info["mime_kept"] = prepared.mime_kept or None
+        return info
+
+
 def _attempt(ctx: Context, held: Claim) -> Outcome:
+    """Classify the message first, then act on the verdict (ACTIONS)."""
+    verdict, job = _classify(ctx, held)
+    return ACTIONS[verdict](job)
+
+
+def _classify(ctx: Context, held: Claim) -> tuple[Verdict, Job]:
     spool, qid = ctx.spool, held.queue_id
+    job = Job(ctx, held)
     if outcome.already_sent(spool, qid):
-        outcome.sent(spool, held, meta.read_json(spool.sent_path(qid)))
-        return Outcome.SENT
+        return Verdict.ALREADY_SENT, job
     if pause.queue_paused_until(spool) > ctx.now():
-        outcome.put_back(spool, held)
-        return Outcome.PAUSED
-    state = meta.read(spool, qid)
+        return Verdict.QUEUE_PAUSED, job
+    job.state = meta.read(spool, qid)
     with open(spool.path(held.area, qid), "rb") as fh:
         try:
-            envelope, message_len = record.verify(fh)
+            job.envelope, message_len = record.verify(fh)
         except record.CorruptRecord as exc:
-            return _bury(ctx, held, state, {}, PermanentFailure(f"queue file damaged: {exc}"))
-        message = record.read_message(fh, message_len)
+            job.error = exc
+            return Verdict.DAMAGED, job
+        job.message = record.read_message(fh, message_len)
     try:
         from mssendmail.delivery.prepare import prepare
 
-        prepared = prepare(message, envelope, ctx.cfg, qid)
+        job.prepared = prepare(job.message, job.envelope, ctx.cfg, qid)
     except ConfigError as exc:
-        return _pause_queue(ctx, held, ConfigurationFailure(str(exc)))
+        job.error = exc
+        return Verdict.CONFIG, job
     except (PermanentFailure, ValueError) as exc:
-        return _bury(ctx, held, state, envelope, _as_permanent(exc), message)
-    info = {
-        "id": qid,
-        "message_id": prepared.message_id,
-        "mailbox": prepared.mailbox,
-        "rcpts": len(prepared.recipients),
-        "size": len(prepared.mime),
-    }
-    if prepared.mime_fixed or prepared.mime_kept:
-        info["mime_fixed"] = ",".join(prepared.mime_fixed) or None
-        info["mime_kept"] = prepared.mime_kept or None
-    for warning in prepared.warnings:
+        job.error = exc
+        return Verdict.UNSENDABLE, job
+    for warning in job.prepared.warnings:
         log.warning(kv(id=qid, warning=warning))
-    if not prepared.recipients:
-        # Every recipient was aliased away (e.g. "nobody: /dev/null"): like
-        # Postfix, that is a delivery to nowhere, not an error.
-        log.info(kv(**info, outcome="discarded", reason="no recipients after aliases"))
-        outcome.sent(spool, held, {**info, "sent": ctx.now(), "discarded": True})
-        return Outcome.SENT
-    paused = ctx.gate.paused_until(prepared.mailbox)
-    if paused > ctx.now():
-        outcome.defer(spool, held, None, paused)
-        return Outcome.DEFERRED
+    if not job.prepared.recipients:
+        return Verdict.NO_RECIPIENTS, job
+    job.paused_until = ctx.gate.paused_until(job.prepared.mailbox)
+    if job.paused_until > ctx.now():
+        return Verdict.MAILBOX_PAUSED, job
+    return Verdict.SEND, job
+
+
+def _act_already_sent(job: Job) -> Outcome:
+    spool, qid = job.ctx.spool, job.held.queue_id
+    outcome.sent(spool, job.held, meta.read_json(spool.sent_path(qid)))
+    return Outcome.SENT
+
+
+def _act_queue_paused(job: Job) -> Outcome:
+    outcome.put_back(job.ctx.spool, job.held)
+    return Outcome.PAUSED
+
+
+def _act_damaged(job: Job) -> Outcome:
+    damage = PermanentFailure(f"queue file damaged: {job.error}")
+    return _bury(job.ctx, job.held, job.state, {}, damage)
+
+
+def _act_config(job: Job) -> Outcome:
+    return _pause_queue(job.ctx, job.held, ConfigurationFailure(str(job.error)))
+
+
+def _act_unsendable(job: Job) -> Outcome:
+    assert job.error is not None
+    failure = _as_permanent(job.error)
+    return _bury(job.ctx, job.held, job.state, job.envelope, failure, job.message)
+
+
+def _act_no_recipients(job: Job) -> Outcome:
+    # Every recipient was aliased away (e.g. "nobody: /dev/null"): like
+    # Postfix, that is a delivery to nowhere, not an error.
+    info = job.info()
+    log.info(kv(**info, outcome="discarded", reason="no recipients after aliases"))
+    outcome.sent(job.ctx.spool, job.held, {**info, "sent": job.ctx.now(), "discarded": True})
+    return Outcome.SENT
+
+
+def _act_mailbox_paused(job: Job) -> Outcome:
+    outcome.defer(job.ctx.spool, job.held, None, job.paused_until)
+    return Outcome.DEFERRED
+
+
+def _act_send(job: Job) -> Outcome:
+    ctx, held, prepared, state, envelope = job.ctx, job.held, job.ready, job.state, job.envelope
+    info = job.info()
     record_info = {
         **info,
         "attempts": meta.attempts(state),
@@ -257,46 +271,71 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
     started = time.monotonic()
     try:
         with ctx.gate.slot(prepared.mailbox):
-            delivered = ctx.transport.send(prepared.mailbox, prepared.mime, qid)
+            delivered = ctx.transport.send(prepared.mailbox, prepared.mime, held.queue_id)
     except DeliveryError as exc:
         protection.after_failure(ctx, prepared.mailbox, len(prepared.recipients), exc)
-        ms = int((time.monotonic() - started) * 1000)
-        log.info(
-            kv(
-                **info,
-                attempt=attempt,
-                outcome=_kind(exc),
-                status=exc.status,
-                code=exc.code,
-                request_id=exc.request_id,
-                ms=ms,
-            )
-        )
-        return _failed(ctx, held, state, envelope, message, prepared.mailbox, exc, sent_at)
+        _log_attempt(info, attempt, _kind(exc), exc.status, exc.code, exc.request_id, started)
+        assert job.message is not None  # read before prepare()
+        return _failed(ctx, held, state, envelope, job.message, prepared.mailbox, exc, sent_at)
+    _log_attempt(info, attempt, "sent", delivered.status, None, delivered.request_id, started)
+    record_info.update(sent=ctx.now(), attempts=attempt, request_id=delivered.request_id)
+    return _record_sent(ctx, held, prepared, record_info, sent_at)
+
+
+def _log_attempt(
+    info: dict[str, Any],
+    attempt: int,
+    result: str,
+    status: int | None,
+    code: str | None,
+    request_id: str | None,
+    started: float,
+) -> None:
     ms = int((time.monotonic() - started) * 1000)
     log.info(
         kv(
             **info,
             attempt=attempt,
-            outcome="sent",
-            status=delivered.status,
-            code=None,
-            request_id=delivered.request_id,
+            outcome=result,
+            status=status,
+            code=code,
+            request_id=request_id,
             ms=ms,
         )
     )
-    record_info.update(sent=ctx.now(), attempts=attempt, request_id=delivered.request_id)
+
+
+def _record_sent(
+    ctx: Context,
+    held: Claim,
+    prepared: Prepared,
+    record_info: dict[str, Any],
+    sent_at: float,
+) -> Outcome:
     try:
-        outcome.sent(spool, held, record_info)
+        outcome.sent(ctx.spool, held, record_info)
     except OSError as exc:
         # Sent, but not recorded (disk full?): it must not go out again.
-        log.error(kv(event="sent-unrecorded", id=qid, error=exc.strerror or str(exc)))
-        outcome.sent_unrecorded(spool, held)
+        log.error(kv(event="sent-unrecorded", id=held.queue_id, error=exc.strerror or str(exc)))
+        outcome.sent_unrecorded(ctx.spool, held)
         return Outcome.SENT
     ctx.mime_fixes.add(prepared.mime_fixed)
-    pause.clear_queue_pause(spool)
-    cleanup.schedule(ctx, qid, prepared.mailbox, prepared.message_id, sent_at)
+    pause.clear_queue_pause(ctx.spool)
+    cleanup.schedule(ctx, held.queue_id, prepared.mailbox, prepared.message_id, sent_at)
     return Outcome.SENT
+
+
+# What each verdict does: every entry ends in one outcome function or a put-back.
+ACTIONS: dict[Verdict, Callable[[Job], Outcome]] = {
+    Verdict.ALREADY_SENT: _act_already_sent,
+    Verdict.QUEUE_PAUSED: _act_queue_paused,
+    Verdict.DAMAGED: _act_damaged,
+    Verdict.CONFIG: _act_config,
+    Verdict.UNSENDABLE: _act_unsendable,
+    Verdict.NO_RECIPIENTS: _act_no_recipients,
+    Verdict.MAILBOX_PAUSED: _act_mailbox_paused,
+    Verdict.SEND: _act_send,
+}
 
 
 def _kind(exc: DeliveryError) -> str:
@@ -427,4 +466,12 @@ def _describe(exc: DeliveryError) -> str:
     return "; ".join(bits)
 
 
-__all__ = ["Context", "MailboxGate", "Outcome", "Policy", "TemporaryFailure", "deliver"]
+__all__ = [
+    "PER_MAILBOX_LIMIT",
+    "Context",
+    "MailboxGate",
+    "Outcome",
+    "RetryPolicy",
+    "TemporaryFailure",
+    "deliver",
+]

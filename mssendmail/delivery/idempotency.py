@@ -48,7 +48,8 @@ from mssendmail.logs import kv
 from mssendmail.spool import meta
 from mssendmail.spool.claim import Claim
 from mssendmail.spool.claim import recover as recover_claims
-from mssendmail.spool.layout import ACTIVE, STATE, Spool, unlink_quiet, write_atomic
+from mssendmail.spool.layout import ACTIVE, Spool, unlink_quiet, write_atomic
+from mssendmail.spool.layout import SENTITEMS_DENIED_FILE as DENIED_FILE
 
 if TYPE_CHECKING:
     from mssendmail.delivery.attempt import Context
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mssendmail.delivery.idempotency")
 
 UNKNOWN = "unknown"  # the meta/ key
-DENIED_FILE = "sentitems-lookup.json"
 DENIED_RECHECK = 600.0  # a granted permission is noticed this soon
 
 _lock = threading.Lock()
@@ -222,7 +222,7 @@ def _remember_denied(ctx: Context, mailbox: str, exc: DeliveryError) -> None:
 
     doc = {"time": now, "mailbox": mailbox, "error": str(exc)[:300]}
     try:
-        write_atomic(ctx.spool.path(STATE, DENIED_FILE), json.dumps(doc).encode())
+        write_atomic(ctx.spool.state_path(DENIED_FILE), json.dumps(doc).encode())
     except OSError:
         pass  # only advice for `check`
 
@@ -232,7 +232,7 @@ def _forget_denied(ctx: Context, mailbox: str) -> None:
         if _denied.get(mailbox.lower(), 0.0) > ctx.now():
             return
         _denied.pop(mailbox.lower(), None)
-    path = ctx.spool.path(STATE, DENIED_FILE)
+    path = ctx.spool.state_path(DENIED_FILE)
     if os.path.exists(path) and meta.read_json(path).get("mailbox", "").lower() == mailbox.lower():
         unlink_quiet(path)
 

@@ -30,7 +30,7 @@ def already_sent(spool: Spool, queue_id: str) -> bool:
     sent/<id> without .json is parked: a message sent_unrecorded() kept, or
     a record that a crash inside sent() left half made.
     """
-    return os.path.exists(spool.sent_path(queue_id)) or os.path.lexists(spool.path(SENT, queue_id))
+    return spool.is_sent(queue_id)
 
 
 def sent(spool: Spool, held: Claim, info: dict[str, Any]) -> None:
@@ -116,7 +116,7 @@ def defer(spool: Spool, held: Claim, state: dict[str, Any] | None, until: float)
     """Park the message in deferred/ until `until` (its mtime is the next attempt time)."""
     if state is not None:
         meta.write(spool, held.queue_id, state)
-    os.utime(spool.path(held.area, held.queue_id), (until, until))
+    spool.set_due(held.queue_id, until, held.area)
     spool.move(held.queue_id, held.area, DEFERRED)
     held.area = DEFERRED
     held.release()

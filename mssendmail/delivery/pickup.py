@@ -76,7 +76,7 @@ class Staged:
             self.source_fd = -1
 
 
-def listing(spool: Spool) -> list[str]:
+def maildrop_names(spool: Spool) -> list[str]:
     """maildrop/ entries, oldest first (ids sort by time)."""
     try:
         return sorted(os.listdir(spool.dir(MAILDROP)))
@@ -104,7 +104,7 @@ def pickup(
     remembered. Raises Stalled (after queueing what it had copied) when the
     process or the disk runs short of something; nothing is rejected then.
     """
-    names = listing(spool) if names is None else names
+    names = maildrop_names(spool) if names is None else names
     skips = SkipList() if skips is None else skips
     when = time.time() if now is None else now
     staged: list[Staged] = []

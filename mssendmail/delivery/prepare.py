@@ -90,7 +90,7 @@ class Prepared:
     mime_kept: str = ""  # why a message went out untouched (signed, dkim)
 
 
-class Policy:
+class SenderPolicy:
     """The address rules of one Config, parsed once and reused for every message."""
 
     def __init__(
@@ -124,7 +124,7 @@ class Policy:
                 self.allowed_domains.add(domain)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> Policy:
+    def from_config(cls, cfg: Config) -> SenderPolicy:
         sender = cfg.get("SENDER")
         if not sender:
             raise ConfigError(
@@ -168,14 +168,14 @@ class Policy:
         return address in self.allowed_addresses or domain in self.allowed_domains
 
 
-_POLICIES: weakref.WeakKeyDictionary[Config, Policy] = weakref.WeakKeyDictionary()
+_POLICIES: weakref.WeakKeyDictionary[Config, SenderPolicy] = weakref.WeakKeyDictionary()
 
 
-def policy_for(cfg: Config) -> Policy:
-    """The Policy of a Config, built on first use (call it at start-up to check the config)."""
+def policy_for(cfg: Config) -> SenderPolicy:
+    """The SenderPolicy of a Config, built on first use (call at start-up to check the config)."""
     policy = _POLICIES.get(cfg)
     if policy is None:
-        policy = _POLICIES[cfg] = Policy.from_config(cfg)
+        policy = _POLICIES[cfg] = SenderPolicy.from_config(cfg)
     return policy
 
 
@@ -372,7 +372,7 @@ class _Headers:
 def prepare(
     message: bytes,
     envelope: Mapping[str, Any],
-    cfg: Config | Policy,
+    cfg: Config | SenderPolicy,
     queue_id: str,
 ) -> Prepared:
     """The MIME, mailbox and recipients for one send of a queued message.
@@ -380,20 +380,9 @@ def prepare(
     Raises ConfigError (SENDER unset, unreadable ALIASES: pause the queue) and
     DataError (a message or envelope that can never be sent: dead-letter it).
     """
-    policy = cfg if isinstance(cfg, Policy) else policy_for(cfg)
+    policy = cfg if isinstance(cfg, SenderPolicy) else policy_for(cfg)
     env = _check_envelope(envelope)
-    lf_only = b"\r" not in message
-    if lf_only:
-        # Unix mail (LF only): convert just the header section here and the
-        # body straight into the result, so a 100 MB message is never held
-        # three times (original, converted, result).
-        end = message.find(b"\n\n")
-        head = normalise_newlines(message if end < 0 else message[: end + 2])
-        fields, at = split_at(head)
-        data, body_at = message, at - head.count(CRLF, 0, at)
-    else:
-        data = normalise_newlines(message)
-        fields, body_at = split_at(data)
+    data, fields, body_at, lf_only = _split(message)
     headers = _Headers(fields)
     warnings: list[str] = []
     for name in _DROP:
@@ -404,7 +393,31 @@ def prepare(
         warnings.append("no recipient left after alias expansion; nothing to deliver")
     _fix_recipient_headers(headers, policy, recipients, warnings)
     mailbox = _fix_from(headers, policy, env, warnings)
+    message_id = _fix_date_and_id(headers, policy, env, queue_id)
+    mime = _assemble(headers, data, body_at, lf_only)
+    check_mime(mime, policy.limits)  # before any Graph request; LimitExceeded names the key
+    fixed = normalise(mime, policy.default_charset)  # charsets, long lines, 8-bit headers
+    return Prepared(fixed.mime, mailbox, recipients, warnings, message_id, fixed.fixed, fixed.kept)
 
+
+def _split(message: bytes) -> tuple[bytes, list[bytes], int, bool]:
+    """(data, header fields, body offset in data, LF-only?) of a queued message."""
+    lf_only = b"\r" not in message
+    if lf_only:
+        # Unix mail (LF only): convert just the header section here and the
+        # body straight into the result, so a 100 MB message is never held
+        # three times (original, converted, result).
+        end = message.find(b"\n\n")
+        head = normalise_newlines(message if end < 0 else message[: end + 2])
+        fields, at = split_at(head)
+        return message, fields, at - head.count(CRLF, 0, at), True
+    data = normalise_newlines(message)
+    fields, body_at = split_at(data)
+    return data, fields, body_at, False
+
+
+def _fix_date_and_id(headers: _Headers, policy: SenderPolicy, env: _Envelope, queue_id: str) -> str:
+    """Add Date: and Message-ID: when missing; returns the Message-ID."""
     if not headers.find("date"):
         headers.added.append(f"Date: {formatdate(env.time, localtime=True)}\r\n".encode())
     ids = headers.find("message-id")
@@ -414,23 +427,23 @@ def prepare(
         token = "".join(c for c in queue_id if c.isalnum()) or "x"
         message_id = f"<{token}.mssendmail@{policy.sender_domain}>"
         headers.added.append(f"Message-ID: {message_id}\r\n".encode())
+    return message_id
 
+
+def _assemble(headers: _Headers, data: bytes, body_at: int, lf_only: bool) -> bytes:
+    """The fixed header section, then the body, with CRLF line ends and one copy."""
     if lf_only:
         out = io.BytesIO()  # getvalue() hands over its buffer without a copy
         out.write(headers.to_bytes() + CRLF)
         for pos in range(body_at, len(data), _BLOCK):
             out.write(data[pos : pos + _BLOCK].replace(b"\n", CRLF))
-        mime = out.getvalue()
-    else:
-        # Joined from a view: a sliced body would be a third copy of the message.
-        mime = b"".join((headers.to_bytes(), CRLF, memoryview(data)[body_at:]))
-    check_mime(mime, policy.limits)  # before any Graph request; LimitExceeded names the key
-    fixed = normalise(mime, policy.default_charset)  # charsets, long lines, 8-bit headers
-    return Prepared(fixed.mime, mailbox, recipients, warnings, message_id, fixed.fixed, fixed.kept)
+        return out.getvalue()
+    # Joined from a view: a sliced body would be a third copy of the message.
+    return b"".join((headers.to_bytes(), CRLF, memoryview(data)[body_at:]))
 
 
 def _fix_recipient_headers(
-    headers: _Headers, policy: Policy, recipients: list[str], warnings: list[str]
+    headers: _Headers, policy: SenderPolicy, recipients: list[str], warnings: list[str]
 ) -> None:
     """Resolve local names in To/Cc; rebuild Bcc as the envelope minus To/Cc."""
     resolver = policy.resolver
@@ -481,7 +494,7 @@ def _fix_recipient_headers(
         headers.added.append(address_field("Bcc", [("", r) for r in hidden]))
 
 
-def _count_header_recipients(headers: _Headers, policy: Policy) -> None:
+def _count_header_recipients(headers: _Headers, policy: SenderPolicy) -> None:
     """MAX_HEADER_RECIPIENTS over To, Cc and Bcc; a rough count first, so a
     100,000-address header is refused without parsing it."""
     values = [headers.value(i) for name in ("to", "cc", "bcc") for i in headers.find(name)]
@@ -490,7 +503,7 @@ def _count_header_recipients(headers: _Headers, policy: Policy) -> None:
     check_header_recipients(sum(len(_addresses(v, "To/Cc/Bcc", [])) for v in values), policy.limits)
 
 
-def _fix_from(headers: _Headers, policy: Policy, env: _Envelope, warnings: list[str]) -> str:
+def _fix_from(headers: _Headers, policy: SenderPolicy, env: _Envelope, warnings: list[str]) -> str:
     """Make From a mailbox we may send as; returns that mailbox."""
     fallback_name = env.full_name or clean_name(policy.from_name)
     froms = headers.find("from")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import logging
 import os
 import select
@@ -49,13 +48,26 @@ from typing import Any
 
 from mssendmail import __version__, config, logs
 from mssendmail.argv import Parser
-from mssendmail.delivery import affinity, cleanup, fairness, idempotency, outcome, protection
-from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
-from mssendmail.delivery.pickup import listing, pickup
+from mssendmail.delivery import (
+    affinity,
+    cleanup,
+    fairness,
+    heartbeat,
+    protection,
+)
+from mssendmail.delivery.attempt import Context, Outcome, RetryPolicy, deliver
+from mssendmail.delivery.gate import MailboxGate
+from mssendmail.delivery.housekeeping import Housekeeping
+from mssendmail.delivery.pickup import maildrop_names, pickup
 from mssendmail.delivery.skips import SkipList, Stalled, describe
 from mssendmail.errors import EX_TEMPFAIL, ConfigError, MssendmailError, exit_code, run_main
 from mssendmail.spool import pause
-from mssendmail.spool.layout import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
+from mssendmail.spool.layout import (
+    DEFERRED,
+    QUEUE,
+    STATE,
+    Spool,
+)
 from mssendmail.transport import from_config
 
 log = logging.getLogger("mssendmail.delivery.worker")
@@ -64,10 +76,7 @@ PROG = "mssendmail-worker"
 RESCAN_SECONDS = 1.0
 PREPARE_AHEAD = 2  # threads beyond CONCURRENCY that prepare while others wait on Graph
 PICKUP_BATCH = 64  # small rounds keep dispatch going while a big maildrop/ drains
-HEARTBEAT_FILE = "heartbeat.json"
 FLUSH_MIN_INTERVAL = 60.0
-SWEEP_INTERVAL = 600.0
-RECOVER_SECONDS = 60.0
 TIDY_SECONDS = 5.0  # how often due SENT_ITEMS=delete jobs are looked at
 ERROR_PAUSE = 10.0  # after an unexpected error (disk full, a bug): stop dispatching this long
 STOP_GRACE = 5.0  # after SIGTERM, in-flight work gets this long before the worker exits
@@ -98,13 +107,12 @@ class Worker:
         self.fifo_fd = -1
         self.fifo_keep = -1
         self.last_flush = 0.0
-        self.last_sweep = 0.0
-        self.last_recover = 0.0
+        self.housekeeping = Housekeeping(self.spool, ctx.cfg)
         self.stall_until = 0.0
         self.triggered = True
         self.last_listing = 0.0
         self.backlog: collections.deque[str] = collections.deque()
-        # Pickup fsyncs every copy (~1.3 ms a message here): in its own thread
+        # Pickup fsyncs every copy: in its own thread
         # it no longer holds up dispatch in this one.
         self.pickup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pickup")
         self.picking: Future[list[str]] | None = None
@@ -165,7 +173,7 @@ class Worker:
         items = []
         for qid in self.spool.ids(DEFERRED):
             try:
-                if os.stat(self.spool.path(DEFERRED, qid)).st_mtime <= now:
+                if self.spool.due_at(qid) <= now:
                     items.append((qid, DEFERRED))
             except FileNotFoundError:
                 continue
@@ -178,7 +186,7 @@ class Worker:
         self.last_flush = now
         for qid in self.spool.ids(DEFERRED):
             try:
-                os.utime(self.spool.path(DEFERRED, qid), (now, now))
+                self.spool.set_due(qid, now)
             except FileNotFoundError:
                 continue
         log.info(logs.kv(event="flush"))
@@ -240,38 +248,8 @@ class Worker:
                 if result is not Outcome.DEFERRED:
                     self.uids.pop(qid, None)  # gone from the queue (or back in queue/)
 
-    def heartbeat(self, now: float) -> None:
-        data = {
-            "pid": os.getpid(),
-            "time": now,
-            "mode": "once" if self.once else "service",
-            "version": __version__,
-            "inflight": len(self.inflight),
-            "mime_fixed": self.ctx.mime_fixes.snapshot(),  # since this worker started
-        }
-        path = self.spool.path(STATE, HEARTBEAT_FILE)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "w") as fh:
-                json.dump(data, fh)
-            os.replace(tmp, path)  # not fsynced: a lost heartbeat is harmless
-        except OSError:
-            unlink_quiet(tmp)
-
-    def sweep(self, now: float) -> None:
-        """Forget sent-mail records older than SENT_RETENTION."""
-        if now - self.last_sweep < SWEEP_INTERVAL:
-            return
-        self.last_sweep = now
-        keep = self.ctx.cfg.seconds("SENT_RETENTION")
-        directory = self.spool.dir("sent")
-        for name in os.listdir(directory):
-            path = os.path.join(directory, name)
-            try:
-                if now - os.stat(path).st_mtime > keep:
-                    os.unlink(path)
-            except FileNotFoundError:
-                continue
+    def _beat_extra(self) -> dict[str, object]:
+        return {"mime_fixed": self.ctx.mime_fixes.snapshot()}  # since this worker started
 
     # -- main loops -----------------------------------------------------
     def step(self) -> bool:
@@ -324,7 +302,7 @@ class Worker:
 
     def fair_listing(self) -> list[str]:
         """maildrop/ round-robin across owners; over MAX_QUEUED_PER_USER waits there."""
-        groups = fairness.owners(self.spool, listing(self.spool))
+        groups = fairness.owners(self.spool, maildrop_names(self.spool))
         if self.cap is not None:
             queued = collections.Counter(self.uids.values())
             over = []
@@ -374,11 +352,8 @@ class Worker:
         self.open_trigger()
         while not self.stopping.is_set():
             now = self.ctx.now()
-            self.heartbeat(now)
-            self.sweep(now)
-            if now - self.last_recover >= RECOVER_SECONDS:
-                self.last_recover = now
-                self.housekeeping(now)
+            heartbeat.beat(self.spool, now, self.once, len(self.inflight), **self._beat_extra())
+            self.housekeeping.tick(now)
             self.step()
             self.tidy_sent_items(now)
             # step() dispatched all it may; finished sends and pickups poke us.
@@ -386,13 +361,6 @@ class Worker:
                 self.flush_deferred(self.ctx.now())
         self.drain_inflight()
         return 0
-
-    def housekeeping(self, now: float) -> None:
-        """What killed processes leave behind: claims, temp files, parked sent mail."""
-        idempotency.recover(self.spool, now)  # marks each one's outcome unknown
-        for name in sweep_temps(self.spool, now):
-            log.info(logs.kv(event="removed-temp", file=name))
-        outcome.sweep_sent(self.spool, now)
 
     def tidy_sent_items(self, now: float) -> None:
         """SENT_ITEMS=delete: one clean-up round at a time, in a pool thread."""
@@ -402,8 +370,10 @@ class Worker:
         self.tidying = self.pool.submit(cleanup.run_due, self.ctx)
 
     def run_once(self) -> int:
-        self.housekeeping(self.ctx.now())
-        self.heartbeat(self.ctx.now())
+        self.housekeeping.recover(self.ctx.now())
+        heartbeat.beat(
+            self.spool, self.ctx.now(), self.once, len(self.inflight), **self._beat_extra()
+        )
         while not self.stopping.is_set():
             if not self.step():
                 break
@@ -411,7 +381,7 @@ class Worker:
         self.drain_inflight()
         while cleanup.run_due(self.ctx) >= cleanup.BATCH:  # SENT_ITEMS=delete jobs now due
             pass
-        self.sweep(self.ctx.now())
+        self.housekeeping.expire_sent(self.ctx.now())
         now = self.ctx.now()
         if pause.queue_paused_until(self.spool) > now or self.stall_until > now:
             return EX_TEMPFAIL
@@ -446,7 +416,7 @@ def build_context(cfg: config.Config) -> Context:
         spool=spool,
         cfg=cfg,
         transport=transport,
-        policy=Policy.from_config(cfg),
+        policy=RetryPolicy.from_config(cfg),
         notify=notifier(cfg, spool),
     )
 

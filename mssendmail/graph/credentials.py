@@ -63,6 +63,8 @@ from mssendmail.graph.classify import classify_token_error, network_error, one_l
 from mssendmail.graph.clouds import Endpoints, endpoints
 from mssendmail.logs import kv
 from mssendmail.spool import layout as spool
+from mssendmail.spool.layout import HTTP_CACHE_FILE, TOKEN_CACHE_FILE
+from mssendmail.spool.layout import MSAL_LOCK_FILE as LOCK_FILE
 
 log = logging.getLogger("mssendmail.graph.credentials")
 
@@ -72,9 +74,6 @@ CREDENTIAL_KEYS = (
     "FEDERATED_TOKEN_FILE",
     "MANAGED_IDENTITY",
 )
-TOKEN_CACHE_FILE = "msal-token-cache.json"  # noqa: S105 (a file name)
-HTTP_CACHE_FILE = "msal-http-cache.json"
-LOCK_FILE = "msal.lock"
 STATE_MAX_BYTES = 1024 * 1024
 # msal itself treats a token with under 5 minutes left as expired.
 EXPIRY_MARGIN = 300.0

@@ -45,6 +45,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from mssendmail.errors import DataError, MssendmailError
+from mssendmail.logs import kv
 from mssendmail.smtp import aiosmtpd_compat
 from mssendmail.spool.layout import Spool
 from mssendmail.submission.writer import Submission, make_envelope
@@ -187,17 +188,19 @@ class QueueHandler:
         except DataError:
             return f"552 5.3.4 Message too big; the limit is {self.max_size} bytes"
         except (MssendmailError, OSError) as exc:
-            log.warning("cannot queue a message from %s: %s", server.client_text(session), exc)
+            log.warning(kv(event="queue-error", client=server.client_text(session), error=exc))
             return f"451 4.3.0 Cannot queue the message now ({_one_line(exc)}); try again later"
         finally:
             self.inflight -= 1
         log.info(
-            "queued %s from=<%s> nrcpt=%d size=%d client=%s",
-            queue_id,
-            sender,
-            len(recipients),
-            len(content),
-            server.client_text(session),
+            kv(
+                event="queued",
+                id=queue_id,
+                sender=f"<{sender}>",
+                rcpts=len(recipients),
+                size=len(content),
+                client=server.client_text(session),
+            )
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
@@ -227,7 +230,8 @@ class QueueHandler:
             return sub.commit(envelope)
 
     async def handle_exception(self, error: Exception) -> str:
-        log.error("SMTP session error: %r", error, exc_info=error)
+        # One line, not a traceback: the session goes on and the log stays greppable.
+        log.error(kv(event="session-error", error=f"{type(error).__name__}: {error}"))
         return "451 4.3.0 Internal error; try again later"
 
 

@@ -61,15 +61,10 @@ from typing import Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from mssendmail import config
+from mssendmail import config, logs
 from mssendmail.argv import Parser
-from mssendmail.errors import (
-    EX_OK,
-    CannotListen,
-    ConfigError,
-    UsageError,
-    run_main,
-)
+from mssendmail.errors import EX_OK, CannotListen, ConfigError, UsageError, run_main
+from mssendmail.logs import kv
 from mssendmail.smtp import guard
 from mssendmail.smtp.protocol import QueueHandler, Server, local_hostname
 from mssendmail.spool.layout import Spool
@@ -82,7 +77,7 @@ SHUTDOWN_GRACE = 10.0
 BUSY_REPLY = b"421 4.7.0 Too many connections; try again later\r\n"
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down; try again later\r\n"
 
-# scrypt at N=2**14, r=8, p=1 (16 MiB, ~50 ms): the cost OWASP lists for scrypt.
+# scrypt at N=2**14, r=8, p=1 (16 MiB of memory): the cost OWASP lists for scrypt.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 SCRYPT_MAX_N = 2**20
 PBKDF2_MAX_ROUNDS = 10_000_000
@@ -178,7 +173,12 @@ class Authenticator:
         if ok:
             return AuthResult(success=True, auth_data=user)
         log.warning(
-            "AUTH %s failed for user %r from %s", mechanism, user, server.client_text(session)
+            kv(
+                event="auth-failed",
+                mechanism=mechanism,
+                user=repr(user),
+                client=server.client_text(session),
+            )
         )
         return AuthResult(success=False, handled=False)
 
@@ -392,7 +392,7 @@ class Daemon:
             self.servers.append(server)
         for server in self.servers:
             for sock in server.sockets:
-                log.info("listening on %s", sock.getsockname())
+                log.info(kv(event="listening", address=sock.getsockname()))
         self.watchdog = asyncio.get_running_loop().create_task(self.watch())
 
     async def stop(self) -> None:
@@ -422,7 +422,7 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
-    log.info("stopping")
+    log.info(kv(event="stopping"))
     await daemon.stop()
 
 
@@ -475,8 +475,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def setup_logging(cfg: config.Config) -> None:
+    """key=value lines to stderr and LOG_DIR, as the worker writes them (logs.py)."""
+    logs.setup(cfg.log_dir)
     # aiosmtpd logs each command at INFO and deprecation chatter at WARNING.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
 
@@ -493,7 +494,7 @@ def serve(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     sockets = activated_sockets()
     conf = settings(cfg, sockets)
-    setup_logging()
+    setup_logging(cfg)
     try:
         asyncio.run(run(conf))
     except OSError as exc:

@@ -49,6 +49,19 @@ TRIGGER = "trigger"
 
 MESSAGE_STATES = (QUEUE, ACTIVE, DEFERRED, HOLD, DEAD)
 
+# The files in state/, all of them: whoever writes one and whoever reads it
+# (the worker, `mssendmail-queue check` and `stats`) take the name from here.
+HEARTBEAT_FILE = "heartbeat.json"  # the worker's liveness, rewritten every loop
+PAUSE_FILE = "pause.json"  # the whole-queue pause after a configuration failure
+SENTITEMS_DENIED_FILE = "sentitems-lookup.json"  # the last 403 of a Sent Items lookup
+TOKEN_CACHE_FILE = "msal-token-cache.json"  # noqa: S105 (a file name)
+HTTP_CACHE_FILE = "msal-http-cache.json"
+MSAL_LOCK_FILE = "msal.lock"
+
+# Entry names beside a message: sent/<id>.json, meta/<id>.json, dead/<id>.reason.json.
+RECORD_SUFFIX = ".json"
+REASON_SUFFIX = ".reason.json"
+
 # mode of each directory; maildrop is the only one submitters can reach.
 DIR_MODES: dict[str, int] = {
     MAILDROP: 0o3773,
@@ -75,13 +88,13 @@ def new_id(now: float | None = None) -> str:
     """A queue id: 8 hex digits of Unix time, so ids sort by submission, then 10 random."""
     seconds = int(time.time() if now is None else now)
     # os.urandom is what secrets.token_hex uses; importing secrets (hmac,
-    # random, base64) cost submission ~3.5 ms of its ~18 ms budget.
+    # random, base64) is a large share of submission time (bench/RESULTS.md).
     return f"{seconds:08x}{os.urandom(5).hex()}"
 
 
 def is_id(name: str) -> bool:
-    # No regular expression: ``import re`` costs submission ~10 ms (pip's
-    # console-script wrapper no longer imports it for us).
+    # No regular expression: ``import re`` alone would be a large share of
+    # submission time (pip's console-script wrapper no longer imports it for us).
     return len(name) == ID_LEN and not name.strip(_HEX_DIGITS)
 
 
@@ -197,6 +210,27 @@ def sweep_temps(spool: Spool, now: float | None = None) -> list[str]:
     return removed
 
 
+def write_unsynced(path: str, data: bytes) -> None:
+    """Replace a small file without fsync: for state rewritten all the time and
+    harmless to lose (the worker's heartbeat). OSError after removing the temp file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        unlink_quiet(tmp)
+        raise
+
+
+def entry_id(name: str, suffix: str = RECORD_SUFFIX) -> str | None:
+    """The queue id in an entry name such as ``<id>.json``, or None if it is not one."""
+    if not name.endswith(suffix):
+        return None
+    queue_id = name[: -len(suffix)]
+    return queue_id if is_id(queue_id) else None
+
+
 def unlink_quiet(path: str) -> None:
     try:
         os.unlink(path)
@@ -209,7 +243,7 @@ class Spool:
 
     def __init__(self, root: str) -> None:
         self.root = root
-        # Plain concatenation: os.path.join was 5% of the worker's Python time.
+        # Plain concatenation: os.path.join showed in the worker's profile (bench/drain.py).
         self._prefix = os.path.join(root, "")
 
     def dir(self, area: str) -> str:
@@ -229,7 +263,40 @@ class Spool:
         return self.path(SENT, f"{queue_id}.json")
 
     def reason_path(self, area: str, name: str) -> str:
-        return self.path(area, f"{name}.reason.json")
+        return self.path(area, f"{name}{REASON_SUFFIX}")
+
+    def state_path(self, name: str) -> str:
+        """A file in state/; `name` is one of the *_FILE names above."""
+        return self.path(STATE, name)
+
+    def is_sent(self, queue_id: str) -> bool:
+        """Graph took this message: its sent record exists.
+
+        sent/<id> without .json is parked: a message that was sent but whose
+        record could not be written, or a record a crash left half made.
+        """
+        return os.path.exists(self.sent_path(queue_id)) or os.path.lexists(
+            self.path(SENT, queue_id)
+        )
+
+    def expire(self, area: str, keep: float, now: float) -> None:
+        """Remove the entries of `area` whose mtime is older than `keep` seconds (sent/)."""
+        directory = self.dir(area)
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            try:
+                if now - os.stat(path).st_mtime > keep:
+                    os.unlink(path)
+            except FileNotFoundError:
+                continue
+
+    def due_at(self, queue_id: str, area: str = DEFERRED) -> float:
+        """When a deferred message is due: its file's mtime (FileNotFoundError if gone)."""
+        return os.stat(self.path(area, queue_id)).st_mtime
+
+    def set_due(self, queue_id: str, when: float, area: str = DEFERRED) -> None:
+        """Make the message due at `when` by setting its mtime (FileNotFoundError if gone)."""
+        os.utime(self.path(area, queue_id), (when, when))
 
     def move(
         self, queue_id: str, old: str, new: str, new_name: str | None = None, durable: bool = True

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 
-from mssendmail.spool.layout import STATE, Spool, unlink_quiet, write_atomic
+from mssendmail.spool.layout import PAUSE_FILE, Spool, unlink_quiet, write_atomic
 from mssendmail.spool.meta import read_json
-
-PAUSE_FILE = "pause.json"
 
 
 def _path(spool: Spool) -> str:
-    return spool.path(STATE, PAUSE_FILE)
+    return spool.state_path(PAUSE_FILE)
 
 
 def queue_paused_until(spool: Spool) -> float:

@@ -20,7 +20,7 @@ import sys
 from mssendmail.errors import DataError
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs submission ~5 ms; annotations are strings anyway
+if TYPE_CHECKING:  # typing is slow to import; annotations are strings anyway
     import hashlib
     from typing import Any, BinaryIO
 
@@ -49,11 +49,11 @@ class CorruptRecord(DataError):
 def new_sha256() -> hashlib._Hash:
     """SHA-256 for the writer, without loading OpenSSL when it can.
 
-    ``import hashlib`` loads libcrypto: ~3.5 ms of the ~18 ms a whole
+    ``import hashlib`` loads libcrypto, a large share of what a whole
     submission may spend above bare interpreter start-up. The built-in
-    implementation gives the same digest but is slower on big inputs
-    (4.8 ms/MiB against 0.7 ms/MiB here: +0.4 s for a 100 MB message), a
-    price only rare large messages pay; long-running programs that loaded
+    implementation gives the same digest but is several times slower on big
+    inputs, a price only rare large messages pay (figures: bench/RESULTS.md,
+    Submission); long-running programs that loaded
     OpenSSL already (worker, smtpd) get its fast version. Same digest.
     """
     if "_hashlib" not in sys.modules:
@@ -77,9 +77,10 @@ def encode_envelope(envelope: dict[str, Any]) -> bytes:
     """Compact, key-sorted JSON: the bytes json.dumps(sort_keys=True, separators=(",", ":")) gives.
 
     Built by hand rather than with ``import json``, whose import compiles
-    three regular expressions: ~2 ms of the ~18 ms a whole submission may
-    spend above bare interpreter start-up. Strings that need escaping go to
-    json's own C encoder (_json.encode_basestring_ascii). Anything beyond
+    three regular expressions, a visible share of what a whole submission
+    may spend above bare interpreter start-up (bench/RESULTS.md, Submission).
+    Strings that need escaping go to json's own C encoder
+    (_json.encode_basestring_ascii). Anything beyond
     plain JSON types (never in an envelope) goes to json.dumps itself;
     tests/test_submit.py checks the two agree on generated values.
     """
@@ -97,7 +98,7 @@ def _quote(text: str) -> str:
     """A JSON string literal, as json.dumps (ensure_ascii) writes it."""
     if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
         return '"' + text + '"'  # nothing to escape: the usual address or name
-    from _json import encode_basestring_ascii  # a C extension: ~0.3 ms to load
+    from _json import encode_basestring_ascii  # a C extension, cheap to load
 
     return encode_basestring_ascii(text)
 
@@ -220,6 +221,35 @@ def parse_envelope(data: bytes) -> dict[str, Any]:
         raise CorruptRecord("envelope is not a JSON object")
     validate_envelope(envelope)
     return envelope
+
+
+def read_envelope(path: str) -> tuple[dict[str, Any], int]:
+    """(envelope, message length) from a record's footer, reading only the envelope.
+
+    The checksum is not verified (that needs the whole file); the worker does
+    that before sending. CorruptRecord if the file is not a plausible record.
+    For the admin tools: `mssendmail-queue list`, `mailq`.
+    """
+    import stat  # readers only; submission never gets here
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        if isinstance(exc, PermissionError):
+            raise
+        raise CorruptRecord(f"cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptRecord("not a regular file")
+        if st.st_size < FOOTER_LEN:
+            raise CorruptRecord("too short to be a spool record")
+        tail = os.pread(fd, FOOTER_LEN, st.st_size - FOOTER_LEN)
+        message_len, envelope_len, _ = parse_footer(tail, st.st_size)
+        raw = os.pread(fd, envelope_len, message_len)
+    finally:
+        os.close(fd)
+    return parse_envelope(raw), message_len
 
 
 def _clean_text(value: object, what: str, limit: int = 998) -> str:

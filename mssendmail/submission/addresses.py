@@ -31,8 +31,8 @@ they once split (``printer@x <printer@x>``: from two copies of the address
 to none); a build without the fix (3.9.18, 3.11.7) silently drops what it cannot
 read: ``"a b c"`` becomes ``a`` and ``"a@x b@y"`` becomes ``@y``, so a typo
 would send mail to the wrong place instead of failing with exit 65. Their
-import also costs 4.3 ms (``email.utils``: 20 ms) of the ~18 ms that the
-whole submission may spend above bare interpreter start-up. The parser below
+import also costs more than the whole submission may spend above bare
+interpreter start-up (bench/RESULTS.md, Submission). The parser below
 has no imports at all, and no recursion: comments nest through a counter.
 tests/test_message.py pins its answers in a fixed table on every interpreter.
 
@@ -106,8 +106,8 @@ def _skip_quoted(text: str, pos: int, close: str) -> int:
 def tokenize(text: str) -> list[Token]:
     """RFC 5322 tokens; white space is dropped, comments are kept (a display name may be one).
 
-    A plain loop, not a regular expression: compiling one costs ~0.6 ms at
-    every start, more than scanning any real header takes.
+    A plain loop, not a regular expression: compiling one at every start
+    costs more than scanning any real header takes.
     """
     tokens: list[Token] = []
     pos = 0

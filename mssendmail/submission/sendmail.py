@@ -50,7 +50,7 @@ FILES
 
 PERFORMANCE
     This module is the hot path: standard library only, and not even
-    ``typing``; see bench/submit.py for the budget and the numbers.
+    ``typing``; bench/submit.py measures it (bench/RESULTS.md, Submission).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ from mssendmail.submission.addresses import (
 )
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: importing typing costs ~5 ms of the budget
+if TYPE_CHECKING:  # annotations only: typing is slow to import
     from mssendmail.config import Config
     from mssendmail.spool.layout import Spool
     from mssendmail.submission.writer import Submission
@@ -79,7 +79,7 @@ if TYPE_CHECKING:  # annotations only: importing typing costs ~5 ms of the budge
 CHUNK = 256 * 1024
 MAX_RECIPIENTS = 10000  # record.validate_envelope quarantines longer lists
 # The C core of the signal module, which the interpreter has always loaded:
-# ``import signal`` builds three IntEnums, ~1 ms of the ~18 ms budget.
+# ``import signal`` builds three IntEnums at import, which submission need not pay.
 SIGNAL_NAMES: dict[int, str] = {
     _signal.SIGTERM: "SIGTERM",
     _signal.SIGINT: "SIGINT",

@@ -22,7 +22,7 @@ from mssendmail.spool.layout import MAILDROP, TEMP_PREFIX, Spool, fsync_dir, new
 from mssendmail.spool.record import VERSION, RecordWriter
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs submission ~5 ms; annotations are strings anyway
+if TYPE_CHECKING:  # typing is slow to import; annotations are strings anyway
     from typing import Any
 
 FILE_MODE = 0o640

@@ -1,0 +1,48 @@
+"""Housekeeping: what killed processes leave behind, and sent records past SENT_RETENTION.
+
+The worker calls `tick()` every loop; each job runs only when its interval
+has passed, and `recover()` runs once at the start of a --once run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mssendmail import logs
+from mssendmail.config import Config
+from mssendmail.delivery import idempotency, outcome
+from mssendmail.spool.layout import SENT, Spool, sweep_temps
+
+log = logging.getLogger("mssendmail.delivery.housekeeping")
+
+SWEEP_INTERVAL = 600.0
+RECOVER_SECONDS = 60.0
+
+
+class Housekeeping:
+    def __init__(self, spool: Spool, cfg: Config) -> None:
+        self.spool = spool
+        self.cfg = cfg
+        self.last_sweep = 0.0
+        self.last_recover = 0.0
+
+    def tick(self, now: float) -> None:
+        """The service loop's share: expire sent records, recover what the dead left."""
+        self.expire_sent(now)
+        if now - self.last_recover >= RECOVER_SECONDS:
+            self.last_recover = now
+            self.recover(now)
+
+    def recover(self, now: float) -> None:
+        """What killed processes leave behind: claims, temp files, parked sent mail."""
+        idempotency.recover(self.spool, now)  # marks each one's outcome unknown
+        for name in sweep_temps(self.spool, now):
+            log.info(logs.kv(event="removed-temp", file=name))
+        outcome.sweep_sent(self.spool, now)
+
+    def expire_sent(self, now: float) -> None:
+        """Forget sent-mail records older than SENT_RETENTION."""
+        if now - self.last_sweep < SWEEP_INTERVAL:
+            return
+        self.last_sweep = now
+        self.spool.expire(SENT, self.cfg.seconds("SENT_RETENTION"), now)

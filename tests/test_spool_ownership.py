@@ -1,0 +1,114 @@
+"""spool/ owns the layout: code outside it never renames, links, unlinks or touches a spool path.
+
+The scan walks the package's AST and reports, per (module, function), every call of
+os.rename / os.link / os.unlink / os.remove / os.replace / os.utime, of the spool's
+own unlink_quiet, and every os.path.join onto a spool directory (``x.dir(...)``).
+Outside mssendmail/spool/ such a call fails the test unless ALLOWED names it with
+a reason. Entries marked "to move" are what the regroup of issue 15 has not moved
+yet; the test fails too when one of them no longer offends, so the list only shrinks.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mssendmail
+
+PACKAGE = Path(mssendmail.__file__).parent
+FILE_OPS = {"rename", "link", "unlink", "remove", "replace", "utime", "unlink_quiet"}
+
+ALLOWED: dict[str, str] = {
+    # Not the spool: OUTBOX_DIR, the file transport's own directory.
+    "transport.py:FileTransport.send": "OUTBOX_DIR is not a spool path",
+    # To move into spool/ (issue 15 follow-up): each is one verb for Spool.
+    "submission/writer.py:Submission.commit": "to move: Spool.submit (rename into maildrop/)",
+    "submission/writer.py:Submission.abort": "to move: Spool.submit",
+    "delivery/pickup.py:pickup": "to move: Spool.pick_up (unlink the maildrop/ original)",
+    "delivery/pickup.py:_commit": "to move: Spool.pick_up (link into queue/)",
+    "delivery/pickup.py:ingest": "to move: Spool.pick_up",
+    "delivery/pickup.py:_copy_verified": "to move: Spool.pick_up",
+    "delivery/pickup.py:quarantine": "to move: Spool.quarantine",
+    "delivery/outcome.py:sent": "to move: Spool.record_sent",
+    "delivery/outcome.py:_rewrite_parked": "to move: Spool.record_sent",
+    "delivery/outcome.py:sweep_sent": "to move: Spool.record_sent",
+    "delivery/idempotency.py:_forget_denied": "to move: a state/ file verb",
+    "delivery/cleanup.py:run_due": "to move: a state/ job verb (SENT_ITEMS=delete jobs)",
+    "delivery/cleanup.py:_run_one": "to move: a state/ job verb",
+    "delivery/cleanup.py:_give_up": "to move: a state/ job verb",
+    "delivery/pickup.py:Staged.release": "to move: Spool.pick_up (its temp copy)",
+    "delivery/fairness.py:publish_over_cap": "to move: a state/ file verb",
+    "admin/maildrop.py:remove": "to move: Spool.delete (a maildrop/ entry)",
+    "admin/actions.py:requeue": "to move: Spool.release_dead",
+    "admin/actions.py:delete": "to move: Spool.delete",
+}
+
+
+def _name(func: ast.expr) -> str:
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return func.id if isinstance(func, ast.Name) else ""
+
+
+def _is_os_call(call: ast.Call) -> bool:
+    func = call.func
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+        return func.value.id == "os" and func.attr in FILE_OPS
+    return isinstance(func, ast.Name) and func.id == "unlink_quiet"
+
+
+def _joins_a_spool_dir(call: ast.Call) -> bool:
+    func = call.func
+    if not (isinstance(func, ast.Attribute) and func.attr == "join" and call.args):
+        return False
+    first = call.args[0]
+    return isinstance(first, ast.Call) and _name(first.func) == "dir"
+
+
+def offending_functions(source: str) -> set[str]:
+    """Qualified names (Class.method or function) that touch spool paths directly."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST, scope: list[str]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                visit(child, [*scope, child.name])
+                continue
+            if isinstance(child, ast.Call) and (_is_os_call(child) or _joins_a_spool_dir(child)):
+                found.add(".".join(scope) or "<module>")
+            visit(child, scope)
+
+    visit(ast.parse(source), [])
+    return found
+
+
+def scan() -> set[str]:
+    found = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith("spool/"):
+            continue
+        found |= {f"{rel}:{name}" for name in offending_functions(path.read_text())}
+    return found
+
+
+def test_only_spool_touches_spool_paths() -> None:
+    found = scan()
+    assert found - set(ALLOWED) == set(), "use a Spool verb (mssendmail/spool/) instead"
+
+
+def test_the_allowed_list_only_shrinks() -> None:
+    gone = set(ALLOWED) - scan()
+    assert gone == set(), "no longer offends: remove it from ALLOWED"
+
+
+def test_the_scan_sees_each_kind_of_call() -> None:
+    code = (
+        "import os\n"
+        "def a(spool):\n    os.rename(spool.path('queue', 'x'), spool.path('dead', 'x'))\n"
+        "class W:\n    def b(self):\n        os.utime(self.spool.path('deferred', 'x'), (1, 1))\n"
+        "def c(spool):\n    return os.path.join(spool.dir('sent'), 'x')\n"
+        "def d(path):\n    unlink_quiet(path)\n"
+        "def e(spool):\n    spool.set_due('x', 1.0)\n"
+    )
+    assert offending_functions(code) == {"a", "W.b", "c", "d"}
