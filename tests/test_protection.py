@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import multiprocessing
 import os
@@ -181,7 +180,7 @@ def test_pacing_spreads_a_burst(spool: Spool) -> None:
     times = sorted(transport.times)
     assert len(times) == 60
     assert times[-1] - times[0] >= 118
-    assert min(b - a for a, b in itertools.pairwise(times)) >= 2 - 1e-6
+    assert min(b - a for a, b in zip(times, times[1:])) >= 2 - 1e-6
     rows = listing.collect(spool)
     assert rows == []
 
