@@ -81,6 +81,10 @@ DEFAULTS: dict[str, str] = {
     "SMTPD_TLS_KEY": "",
     "SMTPD_USERS_FILE": "",
     "SMTPD_MAX_CLIENTS": "20",
+    "SMTPD_MAX_PER_PEER": "10",
+    "SMTPD_COMMAND_TIMEOUT": "60s",
+    "SMTPD_MIN_DATA_RATE": "1K",
+    "SMTPD_SESSION_TIMEOUT": "10m",
 }
 
 MAX_MESSAGE_SIZE_CAP = 150 * MIB

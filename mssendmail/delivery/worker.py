@@ -48,7 +48,7 @@ from typing import Any
 
 from mssendmail import __version__, config, logs
 from mssendmail.argv import Parser
-from mssendmail.delivery import affinity, cleanup, fairness, heartbeat
+from mssendmail.delivery import affinity, cleanup, fairness, heartbeat, protection
 from mssendmail.delivery.attempt import Context, Outcome, RetryPolicy, deliver
 from mssendmail.delivery.gate import MailboxGate
 from mssendmail.delivery.housekeeping import Housekeeping
@@ -464,6 +464,7 @@ def serve(args: argparse.Namespace) -> int:
     cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
     ctx = build_context(cfg)
     cleanup.enabled(ctx)  # SENT_ITEMS must be keep or delete: exit 78 now
+    protection.validate(ctx)  # MAILBOX_RATE, DAILY_RECIPIENT_LIMIT
     worker = Worker(ctx, concurrency, args.once)
 
     def stop(signum: int, frame: Any) -> None:

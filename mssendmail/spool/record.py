@@ -169,10 +169,11 @@ def parse_footer(tail: bytes, file_size: int) -> tuple[int, int, str]:
     parts = tail.split(b" ")
     if len(tail) != FOOTER_LEN or len(parts) != 4 or parts[0] != MAGIC or not tail.endswith(b"\n"):
         raise CorruptRecord("no record footer: the file is torn or not a spool record")
-    try:
-        message_len, envelope_len = int(parts[1]), int(parts[2])
-    except ValueError:
-        raise CorruptRecord("malformed record footer") from None
+    # Digits only: int() also takes "0_000211" and "+00211", so a flipped
+    # padding zero would go unnoticed.
+    if not (parts[1].isdigit() and parts[2].isdigit()):
+        raise CorruptRecord("malformed record footer")
+    message_len, envelope_len = int(parts[1]), int(parts[2])
     digest = parts[3][:-1].decode("ascii", "replace")
     if message_len + envelope_len + FOOTER_LEN != file_size or envelope_len > MAX_ENVELOPE:
         raise CorruptRecord("record lengths do not match the file size")
