@@ -48,13 +48,7 @@ from typing import Any
 
 from mssendmail import __version__, config, logs
 from mssendmail.argv import Parser
-from mssendmail.delivery import (
-    affinity,
-    cleanup,
-    fairness,
-    heartbeat,
-    protection,
-)
+from mssendmail.delivery import affinity, cleanup, fairness, heartbeat, protection
 from mssendmail.delivery.attempt import Context, Outcome, RetryPolicy, deliver
 from mssendmail.delivery.gate import MailboxGate
 from mssendmail.delivery.housekeeping import Housekeeping

@@ -347,7 +347,7 @@ class Daemon:
             for session in list(self.sessions):
                 why = session.late(now, self.settings.deadlines)
                 if why is not None:
-                    log.info("ending session from %s: %s", session.peer, why)
+                    log.info(kv(event="session-ended", client=session.peer, reason=why))
                     session.end(why)
 
     def factory(self, loopback: bool) -> Callable[[], asyncio.BaseProtocol]:
