@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,3 +47,17 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, config_file: Path) -> Iterator[No
     monkeypatch.setenv(ENV_PATH_VAR, str(config_file))
     os.environ.pop("NO_COLOR", None)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_mssendmail_logger() -> Iterator[None]:
+    """An in-process main() runs logs.setup(), which stops propagation to the root
+    logger; undo it after each test so that later tests' caplog sees the records."""
+    logger = logging.getLogger("mssendmail")
+    saved = (logger.propagate, list(logger.handlers), logger.level)
+    yield
+    logger.propagate, logger.level = saved[0], saved[2]
+    for handler in list(logger.handlers):
+        if handler not in saved[1]:
+            logger.removeHandler(handler)
+            handler.close()
