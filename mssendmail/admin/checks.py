@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mssendmail.admin.listing import printable
 from mssendmail.config import Config, load
 from mssendmail.delivery import affinity
 from mssendmail.errors import MssendmailError
@@ -108,7 +107,7 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
             results.extend(check_roles(token))
     results.append(check_worker(spool))
     results.append(check_trigger(spool))
-    paused = check_pause(spool)
+    paused = check_pause(spool, cfg=cfg)
     if paused is not None:
         results.append(paused)
     return results
@@ -313,13 +312,24 @@ def check_trigger(spool: Spool) -> Result:
     return Result(PASS, name, f"{path} is a FIFO, mode {mode:04o}, a worker is listening")
 
 
-def check_pause(spool: Spool, now: float | None = None) -> Result | None:
+def check_pause(spool: Spool, now: float | None = None, cfg: Config | None = None) -> Result | None:
+    from mssendmail.admin import paused
+
     now = time.time() if now is None else now
-    until = pause.queue_paused_until(spool)
-    if until <= now:
+    found = pause.active(spool, now)
+    if found is None:
         return None
-    reason = printable(pause.current(spool).get("reason", "?"), 300)
-    return Result(FAIL, "delivery", f"paused for {int(until - now)}s more after: {reason}")
+    text = f"PAUSED {paused.describe(found, now)}; "
+    if cfg is not None and found.fingerprint:
+        from mssendmail.graph import fingerprint
+
+        if fingerprint.of(cfg) != found.fingerprint:
+            text += (
+                "the credential settings changed since: the worker lifts it when it starts "
+                "or reloads (systemctl reload mssendmail-worker), or run 'mssendmail-queue resume'"
+            )
+            return Result(FAIL, "delivery", text)
+    return Result(FAIL, "delivery", text + paused.HINT)
 
 
 def exit_status(results: list[Result]) -> int:

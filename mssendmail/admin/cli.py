@@ -6,7 +6,8 @@ SYNOPSIS
     init                          create or repair the spool tree
     list [--state S,..|all] [--json]
     show ID [--body] [--json]     envelope, history, reason, headers
-    retry ID..|--all              make deferred mail due now
+    retry ID..|--all              make deferred mail due now (and lift a pause)
+    resume                        lift the delivery pause after fixing its cause
     requeue ID..|--all-dead       dead letters back to the queue, attempts reset
     hold ID.. / release ID..      held mail is never sent and never expires
     delete ID..|--all-dead|--older-than AGE [--state S] [--yes]
@@ -60,7 +61,7 @@ from typing import Any, NoReturn, TextIO
 
 from mssendmail import __version__, config
 from mssendmail.admin import actions as admin
-from mssendmail.admin import checks, listing, stats
+from mssendmail.admin import checks, listing, paused, stats
 from mssendmail.errors import (
     EX_NOPERM,
     EX_TEMPFAIL,
@@ -73,7 +74,7 @@ from mssendmail.errors import (
     exit_code,
 )
 from mssendmail.spool import meta, record
-from mssendmail.spool.layout import DEAD, DEFERRED, MAILDROP, Spool, init_tree
+from mssendmail.spool.layout import DEAD, DEFERRED, HOLD, MAILDROP, Spool, init_tree
 from mssendmail.submission.writer import Submission, make_envelope
 
 PROG = "mssendmail-queue"
@@ -111,6 +112,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("retry", parents=[common], help="make deferred mail due now")
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--all", action="store_true", help="every deferred message")
+    sub.add_parser("resume", parents=[common], help="lift the delivery pause")
     p = sub.add_parser("requeue", parents=[common], help="dead letters back into the queue")
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--all-dead", action="store_true")
@@ -161,7 +163,11 @@ def cmd_list(spool: Spool, args: argparse.Namespace) -> int:
     if args.json:
         out(listing.json_lines(rows))
     else:
-        out(listing.render(rows, color=listing.use_color(sys.stdout)))
+        warning = paused.line(spool, time.time())
+        out(
+            ([warning] if warning else [])
+            + listing.render(rows, color=listing.use_color(sys.stdout))
+        )
     return 0
 
 
@@ -241,6 +247,9 @@ def cmd_show(spool: Spool, args: argparse.Namespace) -> int:
     if row.state == DEFERRED:
         status += f", next attempt {listing.human_time(row.next_attempt)} ({nxt})"
     lines.append(f"state:      {status}")
+    warning = paused.line(spool, now) if row.state not in ("sent", DEAD, HOLD) else None
+    if warning:
+        lines.extend(listing.wrap("delivery:   ", warning.removeprefix("delivery "), 12))
     lines.append(f"submitted:  {listing.human_time(row.submitted)}")
     if row.state == "sent":
         lines.append(
@@ -321,7 +330,20 @@ def _apply(spool: Spool, action: str, ids: list[str]) -> int:
 
 
 def cmd_retry(spool: Spool, args: argparse.Namespace) -> int:
-    return _apply(spool, "retry", _ids_for(spool, args, "all", (DEFERRED,)))
+    ids = _ids_for(spool, args, "all", (DEFERRED,))
+    # Nothing is retried while the queue is paused: asking to retry lifts it.
+    lifted = paused.lift(spool, time.time())
+    if lifted:
+        print(lifted)
+        if not ids:
+            return 0
+    return _apply(spool, "retry", ids)
+
+
+def cmd_resume(spool: Spool, args: argparse.Namespace) -> int:
+    lifted = paused.lift(spool, time.time())
+    print(lifted or "delivery is not paused; nothing to do")
+    return 0
 
 
 def cmd_requeue(spool: Spool, args: argparse.Namespace) -> int:
@@ -410,6 +432,7 @@ def wait_for(spool: Spool, queue_id: str, timeout: float) -> int:
     """Follow a message to sent (0), dead (69) or the timeout (75), reporting deferrals."""
     deadline = time.monotonic() + timeout
     reported = 0
+    told_pause = False
     while True:
         if os.path.exists(spool.sent_path(queue_id)):
             info = meta.read_json(spool.sent_path(queue_id))
@@ -430,9 +453,15 @@ def wait_for(spool: Spool, queue_id: str, timeout: float) -> int:
             reported = meta.attempts(state)
             code, message = listing.error_fields(state.get("last_error"))
             out(listing.wrap(f"attempt {reported} failed, will retry: ", f"{message} ({code})", 2))
+        warning = paused.line(spool, time.time())
+        if warning and not told_pause:
+            told_pause = True
+            out(listing.wrap("", warning, 2))
         if time.monotonic() >= deadline:
             where = {MAILDROP: "waiting for pickup (is the worker running?)"}.get(area or "", area)
             print(f"still {where} after {int(timeout)}s; see 'mssendmail-queue show {queue_id}'")
+            if warning:  # the last line says why: nothing is sent while paused
+                out(listing.wrap("not sent because ", warning, 2))
             return EX_TEMPFAIL
         time.sleep(0.2)
 
@@ -476,6 +505,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "list": cmd_list,
         "show": cmd_show,
         "retry": cmd_retry,
+        "resume": cmd_resume,
         "requeue": cmd_requeue,
         "hold": cmd_hold,
         "release": cmd_release,

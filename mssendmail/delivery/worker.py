@@ -153,10 +153,13 @@ class Worker:
         return items
 
     def flush_deferred(self, now: float) -> None:
-        """sendmail -q: make deferred mail due now, at most once a minute."""
+        """sendmail -q: make deferred mail due now and lift a pause, at most once a minute."""
         if now - self.last_flush < FLUSH_MIN_INTERVAL:
             return
         self.last_flush = now
+        lifted = pause.lift(self.spool, now)
+        if lifted is not None:
+            log.info(logs.kv(event="pause-lifted", why="sendmail -q", reason=lifted.reason))
         for qid in self.spool.ids(DEFERRED):
             try:
                 os.utime(self.spool.path(DEFERRED, qid), (now, now))
@@ -340,6 +343,17 @@ class Worker:
         self.reap()
 
 
+def lift_stale_pause(ctx: Context) -> None:
+    """A pause that other credential settings caused ends now: the admin fixed them."""
+    from mssendmail.graph import fingerprint
+
+    lifted = pause.lift_if_changed(ctx.spool, ctx.now(), fingerprint.of(ctx.cfg))
+    if lifted is not None:
+        log.info(
+            logs.kv(event="pause-lifted", why="credential settings changed", reason=lifted.reason)
+        )
+
+
 def build_context(cfg: config.Config) -> Context:
     from mssendmail.delivery.notice_hook import notifier
 
@@ -378,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
         ctx = build_context(cfg)
         worker = Worker(ctx, concurrency, args.once)
+        lift_stale_pause(ctx)
     except MssendmailError as exc:
         print(f"mssendmail-worker: {exc}", file=sys.stderr)
         return exit_code(exc)

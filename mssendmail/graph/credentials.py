@@ -74,6 +74,8 @@ CREDENTIAL_KEYS = (
 )
 TOKEN_CACHE_FILE = "msal-token-cache.json"  # noqa: S105 (a file name)
 HTTP_CACHE_FILE = "msal-http-cache.json"
+# The fingerprint of the credential settings that filled the token cache.
+CREDENTIAL_FILE = "msal-credential.txt"
 LOCK_FILE = "msal.lock"
 STATE_MAX_BYTES = 1024 * 1024
 # msal itself treats a token with under 5 minutes left as expired.
@@ -254,8 +256,9 @@ class _TimeoutSession(requests.Session):
 class _StateStore:
     """The msal caches on disk: JSON, 0600, atomic writes, one flock for both files."""
 
-    def __init__(self, directory: str | None) -> None:
+    def __init__(self, directory: str | None, fingerprint: str = "") -> None:
         self.directory = directory
+        self.fingerprint = fingerprint
         self.lock: Any = None
         self._warned = False
         self._last_http: bytes = b""
@@ -307,6 +310,7 @@ class _StateStore:
 
     def load(self, token_cache: Any, http_cache: dict[str, Any]) -> None:
         """Replace both in-memory caches with the disk copy (another worker may have refreshed)."""
+        self._drop_if_other_credential()
         text = self._read(TOKEN_CACHE_FILE)
         if text:
             try:
@@ -324,6 +328,20 @@ class _StateStore:
             self._last_http = text.encode()
             http_cache.clear()
             http_cache.update(_http_cache_from_json(text))
+
+    def _drop_if_other_credential(self) -> None:
+        """Forget tokens that other credential settings fetched (a changed secret or
+        certificate): the next token must come from the identity platform and so
+        prove the new credential, not ride on a cached token for up to an hour."""
+        if not self.fingerprint:
+            return
+        assert self.directory is not None
+        if (self._read(CREDENTIAL_FILE) or "").strip() == self.fingerprint:
+            return
+        spool.unlink_quiet(os.path.join(self.directory, TOKEN_CACHE_FILE))
+        path = os.path.join(self.directory, CREDENTIAL_FILE)
+        spool.write_atomic(path, self.fingerprint.encode() + b"\n", 0o600)
+        log.info(kv(event="token-cache-dropped", reason="credential settings changed"))
 
     def save(self, token_cache: Any, http_cache: dict[str, Any]) -> None:
         assert self.directory is not None
@@ -420,6 +438,7 @@ class TokenProvider:
         state_dir: str | None = None,
         *,
         app_factory: Callable[[CredentialSpec, Endpoints, Any, dict[str, Any]], Any] | None = None,
+        fingerprint: str = "",
     ) -> None:
         import msal
 
@@ -430,15 +449,18 @@ class TokenProvider:
         self._app: Any = None
         self._cache = msal.SerializableTokenCache()
         self._http_cache: dict[str, Any] = {}
-        self._store = _StateStore(state_dir)
+        self._store = _StateStore(state_dir, fingerprint)
         self._current: tuple[str, float] | None = None  # (token, reuse until)
         self.fetches = 0  # tokens obtained from the identity platform (for tests and logs)
 
     @classmethod
     def from_config(cls, cfg: Config) -> TokenProvider:
         """Validate the credential now (ConfigError); talk to the network only on first use."""
+        from mssendmail.graph import fingerprint
+
         spec = select(cfg)
-        return cls(spec, endpoints(cfg), spool.Spool(cfg.queue_dir).dir(spool.STATE))
+        state = spool.Spool(cfg.queue_dir).dir(spool.STATE)
+        return cls(spec, endpoints(cfg), state, fingerprint=fingerprint.of(cfg))
 
     def __repr__(self) -> str:
         return f"TokenProvider(kind={self.spec.kind}, authority={self.endpoints.authority_host})"

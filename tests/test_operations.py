@@ -1,0 +1,144 @@
+"""Issue 13: an admin is never stuck. Each finding, through the real programs.
+
+The programs run as subprocesses against the strict local HTTPS fake of the
+token endpoint and Graph (tests/fakegraph.py), as an admin would run them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.fakegraph import FakeGraph
+from tests.test_e2e_graph import BIN, env_for, fake, sendmail, setup, worker_once
+
+__all__ = ["fake", "setup"]  # pytest fixtures, imported for their side effect
+
+
+def queue_cmd(
+    cfg: Path, fake: FakeGraph, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "mssendmail-queue"), *args],
+        capture_output=True,
+        text=True,
+        env=env_for(cfg, fake),
+        timeout=timeout,
+    )
+
+
+def spool_of(cfg: Path) -> Path:
+    return Path(cfg.read_text().split("QUEUE_DIR=")[1].split("\n")[0])
+
+
+def set_key(cfg: Path, key: str, value: str) -> None:
+    lines = [line for line in cfg.read_text().splitlines() if not line.startswith(f"{key}=")]
+    cfg.write_text("\n".join([*lines, f"{key}={value}"]) + "\n")
+
+
+def pause_on_bad_secret(cfg: Path, fake: FakeGraph) -> None:
+    set_key(cfg, "CLIENT_SECRET", "wrong-secret")
+    sendmail(cfg, fake, ["-i", "alice@example.org"], b"Subject: paused\n\nx\n")
+    result = worker_once(cfg, fake)
+    assert result.returncode == 75, result.stderr
+    assert fake.messages == []
+
+
+# -- finding 1: a paused queue can be seen and lifted --------------------------------
+
+
+def test_pause_is_visible_in_list_show_stats_check_and_test_wait(
+    setup: Path, fake: FakeGraph
+) -> None:
+    set_key(setup, "RETRY_MIN", "1h")
+    set_key(setup, "RETRY_MAX", "1h")
+    pause_on_bad_secret(setup, fake)
+    listed = queue_cmd(setup, fake, "list")
+    first = listed.stdout.splitlines()[0]
+    assert first.startswith("delivery PAUSED until") and "invalid_client" in first, listed.stdout
+    assert "mssendmail-queue resume" in first
+    [row] = [
+        json.loads(line) for line in queue_cmd(setup, fake, "list", "--json").stdout.splitlines()
+    ]
+    shown = queue_cmd(setup, fake, "show", row["id"])
+    assert "delivery:   PAUSED until" in shown.stdout and "invalid_client" in shown.stdout
+    assert "PAUSED until" in queue_cmd(setup, fake, "stats").stdout
+    checked = queue_cmd(setup, fake, "check")
+    assert checked.returncode == 78
+    [line] = [x for x in checked.stdout.splitlines() if "delivery:" in x]
+    assert line.startswith("FAIL") and "PAUSED until" in line, checked.stdout
+    assert "invalid_client" in checked.stdout
+    waited = queue_cmd(setup, fake, "test", "bob@example.org", "--wait", "--timeout", "1")
+    assert waited.returncode == 75
+    last = " ".join(waited.stdout.split("after 1s;")[-1].split())
+    assert last.count("not sent because delivery PAUSED") == 1, waited.stdout
+    assert "invalid_client" in last
+
+
+def test_resume_retry_all_and_sendmail_q_lift_the_pause_and_say_so(
+    setup: Path, fake: FakeGraph
+) -> None:
+    set_key(setup, "RETRY_MIN", "1h")
+    set_key(setup, "RETRY_MAX", "1h")
+    pause_on_bad_secret(setup, fake)
+    pause_file = spool_of(setup) / "state" / "pause.json"
+    resumed = queue_cmd(setup, fake, "resume")
+    assert resumed.returncode == 0 and "delivery resumed" in resumed.stdout, resumed
+    assert not pause_file.exists()
+    assert "not paused" in queue_cmd(setup, fake, "resume").stdout
+
+    assert worker_once(setup, fake).returncode == 75  # still the wrong secret: paused again
+    retried = queue_cmd(setup, fake, "retry", "--all")
+    assert retried.returncode == 0 and "delivery resumed" in retried.stdout, retried
+    assert "nothing to do" not in retried.stdout and not pause_file.exists()
+
+    assert worker_once(setup, fake).returncode == 75
+    flushed = subprocess.run(
+        [str(BIN / "mssendmail"), "-q"], capture_output=True, text=True, env=env_for(setup, fake)
+    )
+    assert flushed.returncode == 0 and "delivery resumed" in flushed.stderr, flushed
+    assert not pause_file.exists()
+
+
+def test_fixing_the_secret_lifts_the_pause_at_the_next_worker_start(
+    setup: Path, fake: FakeGraph
+) -> None:
+    set_key(setup, "RETRY_MIN", "1h")
+    set_key(setup, "RETRY_MAX", "1h")
+    pause_on_bad_secret(setup, fake)
+    asked = len(fake.token_requests)
+    again = worker_once(setup, fake)  # same settings: the pause holds, no token request
+    assert again.returncode == 75 and len(fake.token_requests) == asked
+    record = json.loads((spool_of(setup) / "state" / "pause.json").read_text())
+    assert "wrong-secret" not in json.dumps(record) and len(record["credential"]) == 32
+    set_key(setup, "CLIENT_SECRET", fake.secret)
+    fixed = worker_once(setup, fake)
+    assert fixed.returncode == 0, fixed.stderr
+    assert "pause-lifted" in fixed.stderr and "credential settings changed" in fixed.stderr
+    assert len(fake.messages) == 1
+
+
+# -- finding 4: a changed credential is proved at once, not after the cached token -----
+
+
+def test_changed_secret_drops_the_cached_token(setup: Path, fake: FakeGraph) -> None:
+    sendmail(setup, fake, ["-i", "alice@example.org"], b"Subject: one\n\nx\n")
+    assert worker_once(setup, fake).returncode == 0
+    assert len(fake.messages) == 1 and len(fake.token_requests) == 1
+    sendmail(setup, fake, ["-i", "alice@example.org"], b"Subject: two\n\nx\n")
+    assert worker_once(setup, fake).returncode == 0
+    assert len(fake.token_requests) == 1  # the disk cache serves unchanged settings
+    # A wrong new secret must fail now, as `check` says, not in an hour.
+    set_key(setup, "CLIENT_SECRET", "changed-and-wrong")
+    sendmail(setup, fake, ["-i", "alice@example.org"], b"Subject: three\n\nx\n")
+    result = worker_once(setup, fake)
+    assert result.returncode == 75, result.stderr
+    assert "token-cache-dropped" in result.stderr
+    assert len(fake.token_requests) == 2 and len(fake.messages) == 2
+    # The right new secret: proved by a fresh token request, and the mail goes.
+    fake.secret = "rotated-secret"
+    set_key(setup, "CLIENT_SECRET", "rotated-secret")
+    result = worker_once(setup, fake)
+    assert result.returncode == 0, result.stderr
+    assert len(fake.token_requests) == 3 and len(fake.messages) == 3
