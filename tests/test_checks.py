@@ -63,7 +63,7 @@ def test_token_without_mail_send_is_a_plain_fail(
     assert lines[at].startswith("FAIL  Mail.Send: NOT granted (token roles: User.Read.All)")
     assert "admin consent" in " ".join(lines[at : at + 3])
     assert max(len(line) for line in lines) <= 80
-    assert lines[-1] == "check: 6 PASS, 2 WARN, 1 FAIL"  # the WARNs: ReadWrite, trigger
+    assert lines[-1] == "check: 7 PASS, 2 WARN, 1 FAIL"  # the WARNs: ReadWrite, trigger
     assert fake.secret not in out
     assert len(fake.token_requests) == 1
     # The check keeps its token in memory: no cache for the worker to trip over.
@@ -97,7 +97,7 @@ def test_everything_right_passes_and_exits_0(
     assert code == 0, out
     lines = out.splitlines()
     assert not any(line.startswith(("FAIL", "WARN")) for line in lines)
-    assert lines[-1] == "check: 9 PASS, 0 WARN, 0 FAIL"
+    assert lines[-1] == "check: 10 PASS, 0 WARN, 0 FAIL"
     assert max(len(line) for line in lines) <= 80
 
 

@@ -1,13 +1,16 @@
 """The `mssendmail-queue check` checklist: is this setup able to deliver mail?
 
 Each check returns PASS, WARN or FAIL with one line saying what was seen
-and, when it is not PASS, what to do. In order: the config parses (unknown
-keys flagged), exactly one credential, the secrets file is not readable by
-everyone, the spool tree has the modes `init` gives it, a token can be
+and, when it is not PASS, what to do. In order: the config parses and its
+values are usable (unknown keys flagged), exactly one credential, SENDER
+and the address policy, the secrets file is not readable by everyone, the
+spool is usable and has the modes `init` gives it, LOG_DIR, a token can be
 acquired, the token's ``roles`` claim holds Mail.Send (FAIL without) and
 Mail.ReadWrite (WARN without: needed above ~3 MB), the worker's heartbeat
 is fresh, the trigger FIFO exists with its mode and has a reader, and the
-queue is not paused.
+queue is not paused. The config, credential, sender, spool and logs steps
+are the worker's start-up validation (delivery/startup.py), so when they
+pass the worker starts.
 
 The token is requested with an in-memory cache only: a check run as root
 must not leave a root-owned cache in state/ for the worker to trip over.
@@ -26,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mssendmail.config import Config, load
-from mssendmail.delivery import affinity
+from mssendmail.delivery import startup
 from mssendmail.errors import MssendmailError
 from mssendmail.spool import meta, pause
 from mssendmail.spool.layout import DIR_MODES, ROOT_MODE, STATE, TRIGGER_MODE, Spool, service_ids
@@ -84,7 +87,7 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
     except MssendmailError as exc:
         return [Result(FAIL, "config", str(exc))]
     results.append(check_config(cfg))
-    graph = cfg.get("TRANSPORT").lower() == "graph"
+    graph = startup.is_graph(cfg)
     cred: Result | None = None
     if graph:
         cred = check_credentials(cfg)
@@ -97,9 +100,13 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
                 f"TRANSPORT={cfg.get('TRANSPORT')}: mail is not sent through Graph",
             )
         )
+    results.append(_step(cfg, "sender", startup.check_sender))
     results.append(check_secrets_file(cfg))
     spool = Spool(cfg.queue_dir)
-    results.append(check_spool_modes(spool))
+    access = _step(cfg, "spool", startup.check_spool)
+    results.append(access if access.status == FAIL else check_spool_modes(spool))
+    if cfg.log_dir:
+        results.append(_step(cfg, "logs", startup.check_log_dir))
     if cred is not None and cred.status == PASS:
         token_result, token = check_token(cfg, fetch)
         results.append(token_result)
@@ -120,12 +127,7 @@ def check_config(cfg: Config) -> Result:
             return Result(FAIL, name, f"cannot read {cfg.path}; run as root")
         return Result(WARN, name, f"{cfg.path} does not exist; running on defaults and environment")
     try:
-        cfg.max_message_size  # noqa: B018 - validates the key
-        for key in ("RETRY_MIN", "RETRY_MAX", "MAX_AGE", "SENT_RETENTION"):
-            cfg.seconds(key)
-        cfg.integer("CONCURRENCY")
-        cfg.optional_int("MAX_ATTEMPTS")
-        affinity.choose(cfg.get("WORKER_CPU"), os.sched_getaffinity(0), None)
+        startup.check_settings(cfg)
     except MssendmailError as exc:
         return Result(FAIL, name, f"{cfg.path}: {exc}")
     unknown = cfg.unknown_keys()
@@ -136,16 +138,16 @@ def check_config(cfg: Config) -> Result:
     return Result(PASS, name, f"{cfg.path} parses, no unknown keys")
 
 
-def check_credentials(cfg: Config) -> Result:
-    from mssendmail.graph.credentials import select
-
+def _step(cfg: Config, name: str, step: startup.Step) -> Result:
+    """One of the worker's start-up steps as a check: its FAIL is why the worker exits 78."""
     try:
-        spec = select(cfg)
+        return Result(PASS, name, step(cfg))
     except MssendmailError as exc:
-        return Result(FAIL, "credential", str(exc))
-    where = f" for app {spec.client_id} in tenant {spec.tenant}" if spec.client_id else ""
-    kind = spec.kind.replace("_", " ")
-    return Result(PASS, "credential", f"exactly one credential: {kind}{where}")
+        return Result(FAIL, name, str(exc))
+
+
+def check_credentials(cfg: Config) -> Result:
+    return _step(cfg, "credential", startup.check_credential)
 
 
 def _mode_problem(path: str) -> str | None:

@@ -24,7 +24,8 @@ SECURITY
 EXIT STATUS
     0   every due message was handled (sent, deferred or dead-lettered)
     75  delivery is paused by a credential or network problem (--once)
-    78  the configuration is unusable
+    78  the configuration is unusable, or QUEUE_DIR or LOG_DIR is (see
+        startup.py: the same checks as `mssendmail-queue check`)
 
 FILES
     /etc/mssendmail/.env, QUEUE_DIR (default /var/lib/mssendmail/queue),
@@ -46,10 +47,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from mssendmail import __version__, config, logs
-from mssendmail.delivery import affinity, outcome
+from mssendmail.delivery import affinity, outcome, startup
 from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.delivery.pickup import listing, pickup
-from mssendmail.errors import ConfigError, MssendmailError, exit_code
+from mssendmail.errors import MssendmailError, exit_code
 from mssendmail.spool import pause
 from mssendmail.spool.claim import recover
 from mssendmail.spool.layout import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
@@ -238,7 +239,12 @@ class Worker:
         self.last_sweep = now
         keep = self.ctx.cfg.seconds("SENT_RETENTION")
         directory = self.spool.dir("sent")
-        for name in os.listdir(directory):
+        try:
+            names = os.listdir(directory)
+        except OSError as exc:  # the spool went away under us: say so, keep running
+            log.error(logs.kv(event="sweep-error", dir=directory, error=exc.strerror))
+            return
+        for name in names:
             path = os.path.join(directory, name)
             try:
                 if now - os.stat(path).st_mtime > keep:
@@ -382,13 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = config.load(args.config)
+        # The same steps as `mssendmail-queue check`: one line and 78, not a traceback.
+        startup.validate(cfg)
         logs.setup(cfg.log_dir, args.verbose)
-        concurrency = cfg.integer("CONCURRENCY")
-        if not 1 <= concurrency <= 64:
-            raise ConfigError("CONCURRENCY must be between 1 and 64")
-        from mssendmail.delivery.prepare import policy_for
-
-        policy_for(cfg)  # SENDER, ALLOWED_FROM, ALIASES: fail now (78), not per message
+        concurrency = startup.concurrency(cfg)
         cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
         ctx = build_context(cfg)
         worker = Worker(ctx, concurrency, args.once)
