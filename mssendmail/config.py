@@ -23,7 +23,7 @@ ENV_PATH_VAR = "MSSENDMAIL_CONFIG"
 
 MIB = 1024 * 1024
 
-# Every key with its default ("" = unset). The README's table mirrors this one.
+# Every key with its default ("" = unset). The table in docs/configuration.md mirrors this one.
 DEFAULTS: dict[str, str] = {
     # Credentials: exactly one kind must be configured for TRANSPORT=graph.
     "TENANT_ID": "",

@@ -4,7 +4,7 @@ Submission writes into maildrop/, pickup copies into queue/, and the
 worker's own claim + outcome functions move messages to deferred/, dead/
 or sent/, so the tests look at exactly the files a worker would leave.
 
-Run as a script it builds the demo spool that the README's queue section
+Run as a script it builds the demo spool that docs/operations.md
 shows: ``python -m tests.queuedemo CONFIG``.
 """
 

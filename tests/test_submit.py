@@ -229,7 +229,7 @@ def test_writer_digest_matches_hashlib(data: bytes) -> None:
 
 
 def test_submission_path_does_not_load_heavy_modules() -> None:
-    """Each of these costs 1-10 ms of the ~18 ms budget (bench/submit.py, README)."""
+    """Each of these costs 1-10 ms of the ~18 ms budget (bench/submit.py, docs/submission.md)."""
     code = (
         "import sys, mssendmail.submission.sendmail, mssendmail.submission.writer,"
         " mssendmail.config;"

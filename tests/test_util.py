@@ -24,7 +24,7 @@ from mssendmail.spool import layout as spool
 
 REPO = Path(__file__).resolve().parent.parent
 UTIL = REPO / "util"
-SCRIPTS = ["install.sh", "uninstall.sh", "demo.sh"]
+SCRIPTS = ["install.sh", "uninstall.sh", "demo.sh", "build-man.sh"]
 SERVICES = ["mssendmail-worker.service", "mssendmail-worker-once.service"]
 UNITS = [*SERVICES, "mssendmail-worker.timer", "mssendmail-worker.path"]
 QUEUE_DIR = config.DEFAULTS["QUEUE_DIR"]
@@ -100,8 +100,8 @@ def test_shellcheck_is_clean() -> None:
 @pytest.mark.parametrize(
     ("script", "flags"),
     [
-        ("install.sh", ["--force", "--prefix", "--no-systemd", "--root", "--mode"]),
-        ("uninstall.sh", ["--purge", "--prefix", "--root"]),
+        ("install.sh", ["--force", "--prefix", "--mandir", "--no-systemd", "--root", "--mode"]),
+        ("uninstall.sh", ["--purge", "--prefix", "--mandir", "--root"]),
     ],
 )
 def test_help_documents_every_flag(script: str, flags: list[str]) -> None:
@@ -227,9 +227,19 @@ def _units_with_stub_worker(tmp_path: Path) -> list[Path]:
     return copies
 
 
+def man_env(mandir: Path) -> dict[str, str]:
+    """systemd-analyze verify runs man(1) on each Documentation=man: page."""
+    return {**os.environ, "MANPATH": str(mandir)}
+
+
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = need("systemd-analyze")
-    result = run(analyze, "verify", *_units_with_stub_worker(tmp_path), cwd=tmp_path)
+    mandir = tmp_path / "man"
+    for page in (REPO / "man" / "build").glob("*.[0-9]"):
+        (mandir / f"man{page.suffix[1:]}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(page, mandir / f"man{page.suffix[1:]}" / page.name)
+    units = _units_with_stub_worker(tmp_path)
+    result = run(analyze, "verify", *units, cwd=tmp_path, env=man_env(mandir))
     assert result.returncode == 0, result.stderr
     # Unknown keys and bad values are only warnings: treat any as a failure.
     assert result.stderr.strip() == "", result.stderr
@@ -364,7 +374,7 @@ def test_logrotate_rotates_and_recreates_the_log() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-# --- config template and README --------------------------------------------
+# --- config template and docs ----------------------------------------------
 
 ENV_LINE = re.compile(r"^#?([A-Z][A-Z0-9_]*)=(.*)$")
 
@@ -398,15 +408,17 @@ def test_env_template_sets_nothing() -> None:
     assert config.parse_env_text(text) == {}
 
 
-def readme_section(name: str) -> str:
-    text = (REPO / "README.md").read_text()
+def doc_section(doc: str, name: str) -> str:
+    """The text between <!-- section: NAME --> markers of REPO/doc."""
+    text = (REPO / doc).read_text()
     match = re.search(rf"<!-- section: {name} -->(.*?)<!-- /section: {name} -->", text, re.S)
-    assert match, f"README section {name} missing"
+    assert match, f"{doc}: section {name} missing"
     return match.group(1)
 
 
-def test_readme_config_table_matches_defaults() -> None:
-    rows = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", readme_section("config"), re.M)
+def test_config_doc_table_matches_defaults() -> None:
+    section = doc_section("docs/configuration.md", "config")
+    rows = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", section, re.M)
     table = {key: default.strip() for key, default in rows}
     assert set(table) == set(config.DEFAULTS)
     for key, default in config.DEFAULTS.items():
@@ -415,7 +427,7 @@ def test_readme_config_table_matches_defaults() -> None:
 
 
 def test_readme_quickstart_is_the_two_commands() -> None:
-    block = re.search(r"```sh\n(.*?)```", readme_section("quickstart"), re.S)
+    block = re.search(r"```sh\n(.*?)```", doc_section("README.md", "quickstart"), re.S)
     assert block is not None
     commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
     assert commands == ["bash util/demo.sh", "bash .ci/run"]
@@ -425,6 +437,9 @@ def test_readme_quickstart_is_the_two_commands() -> None:
 # --- install.sh as root, into a throwaway root -------------------------------
 
 FAKE_MTA = "#!/bin/sh\necho another MTA\n"
+FOREIGN_PAGE = ".TH MAILQ 1\n.SH NAME\nmailq \\- another MTA's page\n"
+MANDIR = "/usr/local/share/man"
+MAN_PAGES = sorted(p.name for p in (REPO / "man" / "build").glob("*.[0-9]"))
 
 
 class Installed:
@@ -457,6 +472,9 @@ def installed() -> Iterator[Installed]:
     fake.parent.mkdir(parents=True)
     fake.write_text(FAKE_MTA)
     fake.chmod(0o755)
+    foreign = inst.path(f"{MANDIR}/man1/mailq.1")
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text(FOREIGN_PAGE)
     inst.install()
     # An admin's edit and a wrong mode: a re-run keeps the one, fixes the other.
     env = inst.path("/etc/mssendmail/.env")
@@ -487,6 +505,28 @@ def test_install_with_force_moves_the_other_mta_aside(installed: Installed) -> N
 
 
 @pytest.mark.slow
+def test_install_puts_the_man_pages_where_man_finds_them(installed: Installed) -> None:
+    assert len(MAN_PAGES) == 6
+    mandir = installed.path(MANDIR)
+    for name in MAN_PAGES:
+        shipped = mandir / f"man{name[-1]}" / name
+        assert shipped.read_text() == (REPO / "man" / "build" / name).read_text(), name
+        assert stat.S_IMODE(shipped.stat().st_mode) == 0o644
+    # Once sendmail is ours (the --force run), man sendmail shows our page;
+    # another MTA's page is left alone.
+    assert (mandir / "man8/sendmail.8").read_text() == ".so man8/mssendmail.8\n"
+    assert (mandir / "man8/newaliases.8").read_text() == ".so man8/mssendmail.8\n"
+    assert (mandir / "man1/mailq.1").read_text() == FOREIGN_PAGE
+    man = shutil.which("man")
+    if man is None:
+        pytest.skip("man is not installed")
+    for page, needle in (("mssendmail-queue", "look at and manage"), ("sendmail", "mssendmail")):
+        shown = run(man, "-M", mandir, "-P", "cat", page, env={**os.environ, "MANWIDTH": "80"})
+        assert shown.returncode == 0, shown.stderr
+        assert needle in shown.stdout, page
+
+
+@pytest.mark.slow
 def test_install_creates_the_spool_and_config_with_the_right_modes(installed: Installed) -> None:
     import grp
     import pwd
@@ -511,7 +551,7 @@ def test_installed_units_verify(installed: Installed) -> None:
     units = [installed.path(f"/etc/systemd/system/{u}") for u in UNITS]
     text = units[0].read_text()
     assert f"ExecStart={installed.path('/usr/local/bin/mssendmail-worker')}" in text
-    result = run(analyze, "verify", *units, cwd=installed.root)
+    result = run(analyze, "verify", *units, cwd=installed.root, env=man_env(installed.path(MANDIR)))
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 
@@ -578,6 +618,8 @@ def test_uninstall_keeps_the_spool_then_purge_removes_it(installed: Installed) -
     assert not installed.path("/etc/systemd/system/mssendmail-worker.service").exists()
     assert installed.path("/usr/sbin/sendmail").read_text() == FAKE_MTA, "MTA not restored"
     assert not installed.path("/usr/bin/mailq").is_symlink()
+    left = sorted(p.name for p in installed.path(MANDIR).rglob("*") if p.is_file())
+    assert left == ["mailq.1"], "uninstall left man pages behind, or removed another MTA's"
     assert marker.read_text() == "held mail\n"
     assert installed.path("/etc/mssendmail/.env").exists()
     assert "1 undelivered" in result.stdout

@@ -3,8 +3,8 @@
 #   install.sh - install mssendmail on this server, idempotently
 #
 # SYNOPSIS
-#   util/install.sh [--force] [--prefix DIR] [--bindir DIR] [--mode service|timer]
-#                   [--no-systemd] [--root DIR] [SOURCE]
+#   util/install.sh [--force] [--prefix DIR] [--bindir DIR] [--mandir DIR]
+#                   [--mode service|timer] [--no-systemd] [--root DIR] [SOURCE]
 #
 # DESCRIPTION
 #   Run as root. Safe to run again: to upgrade, or to repair what it set up.
@@ -21,7 +21,10 @@
 #      mssendmail, through update-alternatives where it exists. An existing
 #      MTA is left alone unless --force, which diverts it (dpkg-divert, or a
 #      rename to NAME.pre-mssendmail); uninstall.sh puts it back;
-#   6. installs the tmpfiles.d, sysusers.d and logrotate.d snippets and the
+#   6. installs the man pages (man/build) into MANDIR (default
+#      /usr/local/share/man), plus sendmail(8), mailq(1) and newaliases(8)
+#      pointing at mssendmail(8) once /usr/sbin/sendmail is mssendmail;
+#   7. installs the tmpfiles.d, sysusers.d and logrotate.d snippets and the
 #      systemd units, and enables the worker when systemd is running
 #      (otherwise it prints what to enable).
 #
@@ -31,6 +34,7 @@
 #   --prefix DIR   install root of the venv (default /opt/mssendmail)
 #   --bindir DIR   where mssendmail, mssendmail-worker, mssendmail-queue and
 #                  mssendmail-smtpd are linked (default /usr/local/bin)
+#   --mandir DIR   where the man pages go (default /usr/local/share/man)
 #   --mode MODE    service (default): long-running mssendmail-worker.service;
 #                  timer: mssendmail-worker.timer + .path run a oneshot
 #   --no-systemd   do not install or enable the systemd units
@@ -50,6 +54,7 @@
 #
 # FILES
 #   /opt/mssendmail/venv, /usr/local/bin/mssendmail*, /etc/mssendmail/.env,
+#   /usr/local/share/man/man[58]/mssendmail*,
 #   /var/lib/mssendmail/queue, /var/log/mssendmail, /etc/systemd/system/
 #   mssendmail-worker*, /etc/{tmpfiles.d,sysusers.d,logrotate.d}/mssendmail*
 set -euo pipefail
@@ -74,6 +79,7 @@ MODE=service
 ROOT=""
 PREFIX=""
 BINDIR=""
+MANDIR=""
 SOURCE=""
 WARNINGS=()
 
@@ -93,21 +99,23 @@ parse_args() {
 		case $1 in
 		--force) FORCE=1 ;;
 		--no-systemd) SYSTEMD=0 ;;
-		--prefix | --bindir | --mode | --root)
+		--prefix | --bindir | --mandir | --mode | --root)
 			[ $# -ge 2 ] || die 64 "$1 needs an argument; see --help"
 			case $1 in
 			--prefix) PREFIX=$2 ;;
 			--bindir) BINDIR=$2 ;;
+			--mandir) MANDIR=$2 ;;
 			--mode) MODE=$2 ;;
 			--root) ROOT=$2 ;;
 			esac
 			shift
 			;;
-		--prefix=* | --bindir=* | --mode=* | --root=*)
+		--prefix=* | --bindir=* | --mandir=* | --mode=* | --root=*)
 			local value=${1#*=}
 			case $1 in
 			--prefix=*) PREFIX=$value ;;
 			--bindir=*) BINDIR=$value ;;
+			--mandir=*) MANDIR=$value ;;
 			--mode=*) MODE=$value ;;
 			--root=*) ROOT=$value ;;
 			esac
@@ -133,6 +141,7 @@ parse_args() {
 	fi
 	PREFIX=${PREFIX:-$ROOT/opt/mssendmail}
 	BINDIR=${BINDIR:-$ROOT/usr/local/bin}
+	MANDIR=${MANDIR:-$ROOT/usr/local/share/man}
 	SOURCE=${SOURCE:-$(dirname "$UTIL_DIR")}
 	VENV=$PREFIX/venv
 	ETC=$ROOT/etc/mssendmail
@@ -288,6 +297,38 @@ install_snippets() {
 	say "installed tmpfiles.d, sysusers.d and logrotate.d snippets"
 }
 
+install_man() {
+	local built page
+	built=$(dirname "$UTIL_DIR")/man/build
+	if ! compgen -G "$built/*.[0-9]" >/dev/null; then
+		warn "no man pages in $built (run util/build-man.sh); none installed"
+		return
+	fi
+	for page in "$built"/*.[0-9]; do
+		install -D -m 0644 "$page" "$MANDIR/man${page##*.}/$(basename "$page")"
+	done
+	say "installed the man pages into $MANDIR (man mssendmail, man mssendmail-queue, ...)"
+}
+
+# Once /usr/sbin/sendmail is ours, `man sendmail` (and mailq, newaliases)
+# should describe it too; another MTA's own page is left alone.
+MAN_ALIASES=(man8/sendmail.8 man1/mailq.1 man8/newaliases.8)
+MAN_SO=".so man8/mssendmail.8"
+
+alias_man() {
+	resolves_to_us "$ROOT/usr/sbin/sendmail" || return 0
+	local alias
+	for alias in "${MAN_ALIASES[@]}"; do
+		if [ -e "$MANDIR/$alias" ] && [ "$(cat "$MANDIR/$alias")" != "$MAN_SO" ]; then
+			continue
+		fi
+		mkdir -p "$(dirname "$MANDIR/$alias")"
+		printf '%s\n' "$MAN_SO" >"$MANDIR/$alias"
+		chmod 0644 "$MANDIR/$alias"
+	done
+	say "man sendmail, man mailq and man newaliases show mssendmail(8)"
+}
+
 resolves_to_us() { # PATH: does it (through any links) end at our mssendmail?
 	[ -e "$1" ] && [ "$(readlink -f "$1")" = "$(readlink -f "$VENV/bin/mssendmail")" ]
 }
@@ -391,8 +432,10 @@ main() {
 	init_spool
 	install_snippets
 	link_mta
+	install_man
+	alias_man
 	if [ "$SYSTEMD" = 1 ]; then install_units; fi
-	say "done. Next: edit $ENVFILE, then run '$BINDIR/mssendmail-queue check' and '$BINDIR/mssendmail-queue test you@example.com'"
+	say "done. Next: edit $ENVFILE, start the worker (see above), then run '$BINDIR/mssendmail-queue check' and '$BINDIR/mssendmail-queue test you@example.com --wait'"
 	if [ ${#WARNINGS[@]} -gt 0 ]; then
 		say "finished with ${#WARNINGS[@]} warning(s):"
 		printf '  %s\n' "${WARNINGS[@]}"

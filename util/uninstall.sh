@@ -3,12 +3,13 @@
 #   uninstall.sh - remove what install.sh installed
 #
 # SYNOPSIS
-#   util/uninstall.sh [--purge] [--prefix DIR] [--bindir DIR] [--root DIR]
+#   util/uninstall.sh [--purge] [--prefix DIR] [--bindir DIR] [--mandir DIR] [--root DIR]
 #
 # DESCRIPTION
 #   Run as root. Stops and removes the systemd units, the sendmail/mailq links
 #   (restoring an MTA that install.sh --force moved aside), the console-script
-#   links, the venv and the tmpfiles.d/sysusers.d/logrotate.d snippets.
+#   links, the venv, the man pages and the tmpfiles.d/sysusers.d/logrotate.d
+#   snippets.
 #   It keeps the spool (/var/lib/mssendmail, with any mail still queued), the
 #   logs, /etc/mssendmail and the mssendmail user, unless --purge is given.
 #   Safe to run more than once.
@@ -18,6 +19,7 @@
 #                  /etc/mssendmail (with its secrets) and the user and group
 #   --prefix DIR   as given to install.sh (default /opt/mssendmail)
 #   --bindir DIR   as given to install.sh (default /usr/local/bin)
+#   --mandir DIR   as given to install.sh (default /usr/local/share/man)
 #   --root DIR     as given to install.sh
 #   -h, --help     this text
 #
@@ -38,6 +40,11 @@ PURGE=0
 ROOT=""
 PREFIX=""
 BINDIR=""
+MANDIR=""
+PAGES=(man8/mssendmail.8 man8/mssendmail-worker.8 man8/mssendmail-queue.8 man8/mssendmail-smtpd.8
+	man5/mssendmail.env.5 man5/mssendmail-spool.5)
+MAN_ALIASES=(man8/sendmail.8 man1/mailq.1 man8/newaliases.8)
+MAN_SO=".so man8/mssendmail.8"
 
 say() { printf '%s: %s\n' "$PROG" "$*"; }
 die() {
@@ -50,17 +57,19 @@ parse_args() {
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--purge) PURGE=1 ;;
-		--prefix | --bindir | --root)
+		--prefix | --bindir | --mandir | --root)
 			[ $# -ge 2 ] || die 64 "$1 needs an argument; see --help"
 			case $1 in
 			--prefix) PREFIX=$2 ;;
 			--bindir) BINDIR=$2 ;;
+			--mandir) MANDIR=$2 ;;
 			--root) ROOT=$2 ;;
 			esac
 			shift
 			;;
 		--prefix=*) PREFIX=${1#*=} ;;
 		--bindir=*) BINDIR=${1#*=} ;;
+		--mandir=*) MANDIR=${1#*=} ;;
 		--root=*) ROOT=${1#*=} ;;
 		-h | --help)
 			usage
@@ -78,6 +87,7 @@ parse_args() {
 	fi
 	PREFIX=${PREFIX:-$ROOT/opt/mssendmail}
 	BINDIR=${BINDIR:-$ROOT/usr/local/bin}
+	MANDIR=${MANDIR:-$ROOT/usr/local/share/man}
 	VENV=$PREFIX/venv
 	VARLIB=$ROOT/var/lib/mssendmail
 	LOGDIR=$ROOT/var/log/mssendmail
@@ -146,6 +156,11 @@ remove_program() {
 		say "removed $VENV"
 	fi
 	rm -f "$PREFIX/README.md"
+	local page
+	for page in "${PAGES[@]}"; do rm -f "$MANDIR/$page"; done
+	for page in "${MAN_ALIASES[@]}"; do # only our own .so links, never another MTA's page
+		if [ -f "$MANDIR/$page" ] && [ "$(cat "$MANDIR/$page")" = "$MAN_SO" ]; then rm -f "$MANDIR/$page"; fi
+	done
 	rmdir "$PREFIX" 2>/dev/null || true
 	rm -f "$ROOT/etc/tmpfiles.d/mssendmail.conf" "$ROOT/etc/sysusers.d/mssendmail.conf" \
 		"$ROOT/etc/logrotate.d/mssendmail"

@@ -22,7 +22,7 @@ DESCRIPTION
     message being sent right now is refused with exit 75, try again.
     Listings sort by submission time, fit 80 columns and are colored only
     when stdout is a terminal and NO_COLOR is unset. --json prints one
-    object per line with the field names documented in the README.
+    object per line with the field names documented in docs/operations.md.
 
 SECURITY
     Reading the spool needs root or membership of group mssendmail; others
@@ -57,16 +57,16 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import formatdate, parseaddr
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 from mssendmail import __version__, config
 from mssendmail.admin import actions as admin
 from mssendmail.admin import checks, listing, paused, stats
+from mssendmail.argv import Parser
 from mssendmail.errors import (
     EX_NOPERM,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
-    EX_USAGE,
     MssendmailError,
     NoSuchMessage,
     PermissionDenied,
@@ -81,58 +81,92 @@ PROG = "mssendmail-queue"
 HEADER_LIMIT = 256 * 1024
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse that exits 64 (EX_USAGE) with one line, as every program here does."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        print(f"{PROG}: {message}", file=sys.stderr)
-        raise SystemExit(EX_USAGE)
+SEE_ALSO = "See mssendmail-queue(8) for every command, its exit status and examples."
+CONFIG_HELP = f"config file (default ${config.ENV_PATH_VAR}, then {config.DEFAULT_PATH})"
+STATES_HELP = "comma list of queued, active, deferred, hold, dead, sent, or all"
 
 
 def build_parser() -> Parser:
     common = Parser(add_help=False)
-    common.add_argument(
-        "--config", default=argparse.SUPPRESS, help="config file (default /etc/mssendmail/.env)"
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=CONFIG_HELP)
+    parser = Parser(
+        prog=PROG,
+        description="Look at and manage the mssendmail spool.",
+        epilog=SEE_ALSO,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser = Parser(prog=PROG, description="Look at and manage the mssendmail spool.")
-    parser.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help=f"{CONFIG_HELP}; may also follow COMMAND",
+    )
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
-    sub.add_parser("init", parents=[common], help="create or repair the spool tree")
-    p = sub.add_parser("list", parents=[common], help="one row per message")
-    p.add_argument("--state", default="queued,active,deferred,hold,dead", help="states or all")
+    def command(name: str, text: str) -> Parser:
+        made: Parser = sub.add_parser(
+            name,
+            parents=[common],
+            help=text,
+            description=text,
+            epilog=SEE_ALSO,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        return made
+
+    command("init", "create or repair the spool tree")
+    p = command("list", "one row per message, oldest first")
+    p.add_argument(
+        "--state",
+        default="queued,active,deferred,hold,dead",
+        help=f"{STATES_HELP} (default queued,active,deferred,hold,dead)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p = sub.add_parser("show", parents=[common], help="everything about one message")
-    p.add_argument("id")
+    p = command("show", "everything about one message")
+    p.add_argument("id", metavar="ID", help="queue id, as list prints it")
     p.add_argument("--body", action="store_true", help="print the whole message")
-    p.add_argument("--json", action="store_true")
-    p = sub.add_parser("retry", parents=[common], help="make deferred mail due now")
-    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p = command("retry", "make deferred mail due now")
+    p.add_argument("ids", nargs="*", metavar="ID", help="queue ids")
     p.add_argument("--all", action="store_true", help="every deferred message")
-    sub.add_parser("resume", parents=[common], help="lift the delivery pause")
-    p = sub.add_parser("requeue", parents=[common], help="dead letters back into the queue")
-    p.add_argument("ids", nargs="*", metavar="ID")
-    p.add_argument("--all-dead", action="store_true")
-    for name, text in (("hold", "hold mail: never sent, never expires"), ("release", "unhold")):
-        p = sub.add_parser(name, parents=[common], help=text)
-        p.add_argument("ids", nargs="+", metavar="ID")
-    p = sub.add_parser("delete", parents=[common], help="delete messages for good")
-    p.add_argument("ids", nargs="*", metavar="ID")
-    p.add_argument("--all-dead", action="store_true")
-    p.add_argument("--older-than", metavar="AGE", help="e.g. 30d; with --state")
-    p.add_argument("--state", default="dead", help="states for --older-than (default dead)")
-    p.add_argument("--yes", "-y", action="store_true", help="do not ask")
-    p = sub.add_parser("test", parents=[common], help="queue a test message")
-    p.add_argument("address")
-    p.add_argument("--wait", action="store_true", help="follow it to sent or dead")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to --wait (120)")
-    sub.add_parser("check", parents=[common], help="check the setup")
-    p = sub.add_parser("stats", parents=[common], help="counts, ages, last success/failure")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--prometheus", metavar="FILE", help="write node_exporter textfile metrics")
+    command("resume", "lift the delivery pause after fixing its cause")
+    p = command("requeue", "dead letters back into the queue")
+    p.add_argument("ids", nargs="*", metavar="ID", help="queue ids of dead letters")
+    p.add_argument("--all-dead", action="store_true", help="every dead letter")
+    for name, text in (
+        ("hold", "hold mail: never sent, never expires"),
+        ("release", "unhold: the mail is due now"),
+    ):
+        p = command(name, text)
+        p.add_argument("ids", nargs="+", metavar="ID", help="queue ids")
+    p = command("delete", "delete messages for good")
+    p.add_argument("ids", nargs="*", metavar="ID", help="queue ids")
+    p.add_argument("--all-dead", action="store_true", help="every dead letter")
+    p.add_argument(
+        "--older-than", metavar="AGE", help="submitted longer ago than AGE (30d, 12h); see --state"
+    )
+    p.add_argument(
+        "--state", default="dead", help=f"with --older-than: {STATES_HELP} (default dead)"
+    )
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p = command("test", "queue a test message")
+    p.add_argument("address", metavar="ADDRESS", help="where the test message goes")
+    p.add_argument("--wait", action="store_true", help="follow it until it is sent or dead")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long --wait follows it (default 120)",
+    )
+    command("check", "check the setup: PASS/WARN/FAIL, exit 78 on a FAIL")
+    p = command("stats", "counts, ages, last success/failure")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument(
+        "--prometheus", metavar="FILE", help="also write node_exporter textfile metrics to FILE"
+    )
     return parser
 
 

@@ -11,7 +11,7 @@ file with a valid footer and envelope is listed with what can be known, and
 every string is stripped of control characters before it reaches a
 terminal (see ``printable``), so an envelope cannot drive the terminal.
 
-The field names of ``Row.as_json()`` are a stable interface (README, queue).
+The field names of ``Row.as_json()`` are a stable interface (docs/operations.md, queue).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Row:
     damaged: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """The stable --json object (documented in the README)."""
+        """The stable --json object (documented in docs/operations.md)."""
         return {
             "id": self.id,
             "state": self.state,

@@ -47,6 +47,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from mssendmail import __version__, config, logs
+from mssendmail.argv import Parser
 from mssendmail.delivery import affinity, outcome, startup
 from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.delivery.pickup import listing, pickup
@@ -375,13 +376,29 @@ def build_context(cfg: config.Config) -> Context:
     )
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mssendmail-worker", description=__doc__.split("\n")[0])
-    parser.add_argument("--once", action="store_true", help="deliver what is due, then exit")
-    parser.add_argument("--config", help="config file (default /etc/mssendmail/.env)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="mssendmail-worker",
+        description=__doc__.split("\n")[0],
+        epilog="exit status: 0 done, 75 delivery paused (--once), 78 unusable config\n"
+        "See mssendmail-worker(8).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="deliver what is due, then exit (for timers)"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default ${config.ENV_PATH_VAR}, then {config.DEFAULT_PATH})",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log DEBUG lines too")
     parser.add_argument("--version", action="version", version=__version__)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

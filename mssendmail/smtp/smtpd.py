@@ -61,6 +61,7 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mssendmail import config
+from mssendmail.argv import Parser
 from mssendmail.errors import EX_OK, EX_OSERR, ConfigError, MssendmailError, UsageError, exit_code
 from mssendmail.smtp.protocol import QueueHandler, Server, local_hostname
 from mssendmail.spool.layout import Spool
@@ -403,11 +404,19 @@ def hash_password_command(user: str | None) -> int:
     return EX_OK
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="SMTP listener that queues mail for mssendmail-worker."
+def build_parser() -> Parser:
+    parser = Parser(
+        prog=PROG,
+        description="SMTP listener that queues mail for mssendmail-worker.",
+        epilog="exit status: 0 after SIGTERM, 71 cannot listen, 78 unusable config\n"
+        "See mssendmail-smtpd(8).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="PATH", help="config file (default: %(default)s)")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default ${config.ENV_PATH_VAR}, then {config.DEFAULT_PATH})",
+    )
     parser.add_argument(
         "--hash-password",
         nargs="?",
@@ -415,7 +424,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="USER",
         help="read a password from stdin, print a SMTPD_USERS_FILE entry (or just the hash)",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def setup_logging() -> None:

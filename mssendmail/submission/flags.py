@@ -31,7 +31,7 @@ OPTIONAL_GLUED = 2  # optional, and only glued (-q30m)
 IGNORED = "ignored"
 
 # letter: (argument kind, action, what it means). Kept in one place so the
-# README table, --help and the parser cannot disagree.
+# docs/submission.md table, --help and the parser cannot disagree.
 FLAGS: dict[str, tuple[int, str, str]] = {
     "t": (NO_ARG, "extract", "recipients from To:, Cc:, Bcc:, added to argv recipients"),
     "i": (NO_ARG, "ignore_dots", 'a line holding only "." does not end the input'),
@@ -203,17 +203,31 @@ def _show(text: str) -> str:
     return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
+# What --help calls each flag's argument; the rest are ARG.
+ARG_NAMES = {"f": "ADDR", "r": "ADDR", "F": "NAME", "b": "MODE", "q": "TIME", "o": "OPTION"}
+CONFIG_HELP = "config file (default $MSSENDMAIL_CONFIG, then /etc/mssendmail/.env)"
+
+
 def usage() -> str:
     """--help text, generated from the table."""
     lines = [
         "usage: mssendmail [flags] [--] [recipient ...] < message",
         "       mailq  |  mssendmail -bp      list the queue",
         "",
-        "  --config PATH  config file (default $MSSENDMAIL_CONFIG or /etc/mssendmail/.env)",
+        f"  --config PATH  {CONFIG_HELP}",
+        "  --help         print this help and exit",
+        "  --version      print the version and exit",
     ]
-    for letter, (kind, _action, text) in FLAGS.items():
-        form = {NO_ARG: f"-{letter}", ARG: f"-{letter} ARG", OPTIONAL_GLUED: f"-{letter}[ARG]"}[
+    for letter, (kind, action, text) in FLAGS.items():
+        arg = ARG_NAMES.get(letter, "ARG")
+        form = {NO_ARG: f"-{letter}", ARG: f"-{letter} {arg}", OPTIONAL_GLUED: f"-{letter}[{arg}]"}[
             kind
         ]
-        lines.append(f"  {form:<13}  {text}")
+        lines.append(f"  {form:<13}  {text}{' (ignored)' if action == IGNORED else ''}")
+    lines += [
+        "",
+        "Exit status: 0 queued, 64 usage, 65 bad message, 75 try again later,",
+        "77 permission denied (mailq), 78 unusable config.",
+        "See mssendmail(8); the queue: mssendmail-queue(8).",
+    ]
     return "\n".join(lines) + "\n"
