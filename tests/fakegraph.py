@@ -495,6 +495,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 413
         body = self.rfile.read(length)
         fake._enter(mailbox)
+        left = False
         try:
             fault = fake._next_fault(fake._graph_faults)
             if fake.latency:
@@ -502,6 +503,10 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is not None:
                 return self._fault(fault, request_id, json_error=False)
             status, code, message, parsed = fake._check_send(mailbox, self.headers, body)
+            # Out of flight before the reply is written: once the client has
+            # it, it may send its next request, which must not count as a 5th.
+            left = True
+            fake._leave(mailbox)
             if status != 202 or parsed is None:
                 extra = {"WWW-Authenticate": 'Bearer realm=""'} if status == 401 else {}
                 self._graph_error(status, code, message, request_id, extra)
@@ -517,7 +522,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return 202
         finally:
-            fake._leave(mailbox)
+            if not left:
+                fake._leave(mailbox)
 
     # -- control ----------------------------------------------------------
     def _control(self, what: str) -> int:

@@ -207,3 +207,26 @@ def test_token_without_any_roles_warns_about_rbac_for_applications(
     assert line.startswith("WARN  Mail.Send: the token carries no application roles")
     assert "FAIL" not in out.split("check:")[0]
     assert code == 0
+
+
+def test_a_users_own_quick_start_spool_passes_while_a_mssendmail_user_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 finding 10: run as a normal user on a machine that has the
+    mssendmail user, the spool that user's own `init` made is in order."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the spool to another uid")
+    from mssendmail.spool.layout import init_tree
+
+    root = tmp_path / "q"
+    init_tree(str(root))
+    for path in [root, *root.iterdir()]:
+        mode = os.lstat(path).st_mode & 0o7777
+        os.chown(path, 4321, 4321, follow_symlinks=False)
+        os.chmod(path, mode)
+    monkeypatch.setattr(checks, "service_ids", lambda: (999, 995))
+    monkeypatch.setattr(checks.os, "geteuid", lambda: 4321)
+    monkeypatch.setattr(checks.os, "getegid", lambda: 4321)
+    assert checks.check_spool_modes(Spool(str(root))).status == checks.PASS
+    monkeypatch.setattr(checks.os, "geteuid", lambda: 0)  # root expects the service user
+    assert checks.check_spool_modes(Spool(str(root))).status == checks.FAIL

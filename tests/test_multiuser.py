@@ -35,6 +35,7 @@ import pytest
 
 from mssendmail.spool import record
 from mssendmail.spool.layout import MAILDROP, QUEUE, SERVICE_USER, init_tree
+from tests.conftest import note_created
 
 pytestmark = pytest.mark.root
 
@@ -61,6 +62,7 @@ def ensure_user(name: str, system: bool = False) -> pwd.struct_passwd:
     except KeyError:
         cmd = ["useradd", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin"]
         subprocess.run([*cmd, *(["--system"] if system else []), name], check=True)
+        note_created(name, existed_before=False)
         return pwd.getpwnam(name)
 
 

@@ -142,3 +142,54 @@ def test_changed_secret_drops_the_cached_token(setup: Path, fake: FakeGraph) -> 
     result = worker_once(setup, fake)
     assert result.returncode == 0, result.stderr
     assert len(fake.token_requests) == 3 and len(fake.messages) == 3
+
+
+# -- finding 9: one answer to "is it sent?" -------------------------------------------
+
+
+def test_test_wait_and_show_call_a_sent_message_sent_before_its_record_exists(
+    setup: Path, fake: FakeGraph
+) -> None:
+    spool = spool_of(setup)
+    waiting = subprocess.Popen(
+        [str(BIN / "mssendmail-queue"), "test", "bob@example.org", "--wait", "--timeout", "20"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env_for(setup, fake),
+    )
+    assert waiting.stdout is not None
+    queue_id = waiting.stdout.readline().strip()
+    # What the worker does right after Graph's 202: the rename into sent/ is the
+    # no-resend promise; the record sent/<id>.json comes a moment later.
+    (spool / "maildrop" / queue_id).rename(spool / "sent" / queue_id)
+    rest, _ = waiting.communicate(timeout=30)
+    assert waiting.returncode == 0, rest
+    assert rest.startswith("sent as"), rest
+    shown = queue_cmd(setup, fake, "show", queue_id)
+    assert shown.returncode == 0 and "state:      sent" in shown.stdout, shown
+
+
+# -- finding 8: hold right after submission ---------------------------------------------
+
+
+def test_hold_show_and_delete_work_on_a_message_still_in_maildrop(
+    setup: Path, fake: FakeGraph
+) -> None:
+    spool = spool_of(setup)
+    sendmail(setup, fake, ["-i", "alice@example.org"], b"Subject: hold me\n\nx\n")
+    [queue_id] = (p.name for p in (spool / "maildrop").iterdir())
+    shown = queue_cmd(setup, fake, "show", queue_id)
+    assert shown.returncode == 0 and "state:      queued" in shown.stdout, shown
+    held = queue_cmd(setup, fake, "hold", queue_id)
+    assert held.returncode == 0 and held.stdout.strip() == f"{queue_id}: on hold", held
+    assert "try again" not in held.stdout + held.stderr
+    assert (spool / "hold" / queue_id).exists() and not (spool / "maildrop" / queue_id).exists()
+    assert worker_once(setup, fake).returncode == 0 and fake.messages == []  # held: not sent
+    released = queue_cmd(setup, fake, "release", queue_id)
+    assert released.returncode == 0, released
+    assert worker_once(setup, fake).returncode == 0 and len(fake.messages) == 1
+    sendmail(setup, fake, ["-i", "alice@example.org"], b"Subject: delete me\n\nx\n")
+    [second] = (p.name for p in (spool / "maildrop").iterdir())
+    deleted = queue_cmd(setup, fake, "delete", "--yes", second)
+    assert deleted.returncode == 0 and "deleted" in deleted.stdout, deleted
+    assert not any((spool / "maildrop").iterdir())

@@ -21,6 +21,7 @@ import pytest
 
 from mssendmail import config
 from mssendmail.spool import layout as spool
+from tests.conftest import account_exists, note_created
 
 REPO = Path(__file__).resolve().parent.parent
 UTIL = REPO / "util"
@@ -451,7 +452,9 @@ class Installed:
         return self.root / absolute.lstrip("/")
 
     def install(self, *flags: str) -> subprocess.CompletedProcess[str]:
+        had_user = account_exists(USER)
         result = run("bash", UTIL / "install.sh", "--root", self.root, *flags)
+        note_created(USER, had_user)
         self.outputs.append(result)
         assert result.returncode == 0, result.stdout + result.stderr
         return result

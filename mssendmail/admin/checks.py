@@ -178,6 +178,9 @@ def check_spool_modes(spool: Spool) -> Result:
     name = "spool"
     expected = {spool.root: ROOT_MODE, **{spool.dir(a): m for a, m in DIR_MODES.items()}}
     owner = service_ids()
+    # As init does: run by root the tree belongs to the service user; a normal
+    # user's quick-start spool (init as that user) belongs to that user.
+    mine = (os.geteuid(), os.getegid()) if os.geteuid() != 0 else None
     wrong: list[str] = []
     for path, mode in expected.items():
         try:
@@ -189,7 +192,7 @@ def check_spool_modes(spool: Spool) -> Result:
             wrong.append(f"{path} is not a directory")
         elif stat.S_IMODE(st.st_mode) != mode:
             wrong.append(f"{path} mode {stat.S_IMODE(st.st_mode):04o}, want {mode:04o}")
-        elif owner is not None and (st.st_uid, st.st_gid) != owner:
+        elif owner is not None and (st.st_uid, st.st_gid) not in (owner, mine):
             wrong.append(f"{path} not owned by mssendmail:mssendmail")
     if wrong:
         more = f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""

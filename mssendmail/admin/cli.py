@@ -73,7 +73,7 @@ from mssendmail.errors import (
     UsageError,
     exit_code,
 )
-from mssendmail.spool import meta, record
+from mssendmail.spool import meta, record, status
 from mssendmail.spool.layout import DEAD, DEFERRED, HOLD, MAILDROP, Spool, init_tree
 from mssendmail.submission.writer import Submission, make_envelope
 
@@ -468,18 +468,19 @@ def wait_for(spool: Spool, queue_id: str, timeout: float) -> int:
     reported = 0
     told_pause = False
     while True:
-        if os.path.exists(spool.sent_path(queue_id)):
+        area = status.where(spool, queue_id)
+        if area == status.SENT_STATE:
+            # The record may still be being written: a parked sent/<id> is sent too.
             info = meta.read_json(spool.sent_path(queue_id))
             mailbox = listing.printable(info.get("mailbox", "?"), 80)
             print(f"sent as {mailbox} after {info.get('attempts', '?')} attempt(s)")
             return 0
-        area = spool.locate(queue_id)
         if area == DEAD:
             reason = meta.read_json(spool.reason_path(DEAD, queue_id))
             code, message = listing.error_fields(reason)
             print(f"dead: {reason.get('why', '?')}: {message or '?'} ({code or '-'})")
             return EX_UNAVAILABLE
-        if area is None and not os.path.exists(spool.sent_path(queue_id)):
+        if area is None:
             print("the message disappeared (deleted?)")
             return EX_UNAVAILABLE
         state = meta.read(spool, queue_id)

@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from mssendmail.logs import kv
-from mssendmail.spool import meta
+from mssendmail.spool import meta, status
 from mssendmail.spool.claim import Claim
 from mssendmail.spool.layout import ACTIVE, DEAD, DEFERRED, QUEUE, SENT, Spool, write_atomic
 
@@ -30,7 +30,7 @@ def already_sent(spool: Spool, queue_id: str) -> bool:
     sent/<id> without .json is parked: a message sent_unrecorded() kept, or
     a record that a crash inside sent() left half made.
     """
-    return os.path.exists(spool.sent_path(queue_id)) or os.path.lexists(spool.path(SENT, queue_id))
+    return status.is_sent(spool, queue_id)
 
 
 def sent(spool: Spool, held: Claim, info: dict[str, Any]) -> None:
