@@ -60,7 +60,8 @@ def ensure_user(name: str, system: bool = False) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        cmd = ["useradd", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin"]
+        cmd = ["useradd", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"]
+        cmd += ["--shell", "/usr/sbin/nologin"]
         subprocess.run([*cmd, *(["--system"] if system else []), name], check=True)
         note_created(name, existed_before=False)
         return pwd.getpwnam(name)

@@ -193,3 +193,67 @@ def test_hold_show_and_delete_work_on_a_message_still_in_maildrop(
     deleted = queue_cmd(setup, fake, "delete", "--yes", second)
     assert deleted.returncode == 0 and "deleted" in deleted.stdout, deleted
     assert not any((spool / "maildrop").iterdir())
+
+
+# -- finding 6: without systemd ----------------------------------------------------------
+
+
+def file_config(tmp: Path, spool: Path) -> Path:
+    outbox = tmp / "outbox"
+    outbox.mkdir(exist_ok=True)
+    cfg = tmp / "file.env"
+    cfg.write_text(
+        f"QUEUE_DIR={spool}\nTRANSPORT=file\nOUTBOX_DIR={outbox}\nSENDER=relay@example.com\n"
+    )
+    return cfg
+
+
+def test_log_lines_carry_an_iso_time_unless_stderr_is_the_journal(
+    tmp_path: Path, spool_dir: Path
+) -> None:
+    import re
+
+    cfg = file_config(tmp_path, spool_dir)
+    base = {"PATH": "/usr/bin:/bin", "MSSENDMAIL_CONFIG": str(cfg)}
+    worker = [str(BIN / "mssendmail-worker"), "--once"]
+    plain = subprocess.run(worker, capture_output=True, text=True, env=base, timeout=60)
+    assert plain.returncode == 0, plain.stderr
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d INFO "
+    assert all(re.match(stamp, line) for line in plain.stderr.splitlines()), plain.stderr
+    journal = subprocess.run(
+        worker, capture_output=True, text=True, env={**base, "JOURNAL_STREAM": "8:1"}, timeout=60
+    )
+    assert journal.stderr.startswith("INFO event=start"), journal.stderr
+
+
+def test_uninstall_stops_a_worker_started_by_hand_from_its_venv(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import time
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("uninstall.sh needs root")
+    root = tmp_path / "root"
+    venv_bin = root / "opt" / "mssendmail" / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    # Stands in for the console script: the same path in its command line.
+    fake_worker = venv_bin / "mssendmail-worker"
+    fake_worker.write_text("#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 0.1; done\n")
+    fake_worker.chmod(0o755)
+    running = subprocess.Popen([str(fake_worker)])
+    try:
+        time.sleep(0.3)
+        script = Path(__file__).resolve().parent.parent / "util" / "uninstall.sh"
+        done = subprocess.run(
+            ["bash", str(script), "--root", str(root)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"stopped mssendmail-worker (pid {running.pid})" in done.stdout, done.stdout
+        assert running.wait(timeout=10) == 0
+        assert not venv_bin.exists()
+    finally:
+        if running.poll() is None:
+            running.kill()
+        shutil.rmtree(root, ignore_errors=True)

@@ -500,8 +500,13 @@ def test_install_with_force_moves_the_other_mta_aside(installed: Installed) -> N
     aside = installed.path("/usr/sbin/sendmail.pre-mssendmail")
     assert aside.read_text() == FAKE_MTA
     venv_sendmail = installed.path("/opt/mssendmail/venv/bin/mssendmail")
-    for mta in ("/usr/sbin/sendmail", "/usr/lib/sendmail", "/usr/bin/mailq"):
+    for mta in ("/usr/sbin/sendmail", "/usr/lib/sendmail", "/usr/bin/mailq", "/usr/bin/newaliases"):
         assert installed.path(mta).resolve() == venv_sendmail.resolve(), mta
+    # Debian maintainer scripts run newaliases (issue 13 finding 7): it must exist and exit 0.
+    ran = run(installed.path("/usr/bin/newaliases"))
+    assert ran.returncode == 0 and ran.stdout == ran.stderr == "", ran
+    # The service account has no home under /home, whoever created it first.
+    assert not __import__("pwd").getpwnam(USER).pw_dir.startswith("/home/")
     for name in ("mssendmail", "mssendmail-worker", "mssendmail-queue", "mssendmail-smtpd"):
         link = installed.path(f"/usr/local/bin/{name}")
         assert link.is_symlink() and link.resolve().exists(), name
