@@ -257,3 +257,67 @@ def test_uninstall_stops_a_worker_started_by_hand_from_its_venv(tmp_path: Path) 
         if running.poll() is None:
             running.kill()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- finding 4 (reload): SIGHUP re-reads .env, a broken one keeps the old -----------------
+
+
+def wait_for_file(directory: Path, timeout: float = 20.0) -> list[Path]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(directory.glob("*.eml"))
+        if found:
+            return found
+        time.sleep(0.05)
+    return []
+
+
+def test_sighup_reloads_the_config_and_a_broken_one_keeps_the_old(
+    tmp_path: Path, spool_dir: Path
+) -> None:
+    import signal
+
+    cfg = file_config(tmp_path, spool_dir)
+    first, second = tmp_path / "outbox", tmp_path / "outbox2"
+    second.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "MSSENDMAIL_CONFIG": str(cfg)}
+    worker = subprocess.Popen(
+        [str(BIN / "mssendmail-worker")], env=env, stderr=subprocess.PIPE, text=True
+    )
+
+    def submit(subject: str) -> None:
+        done = subprocess.run(
+            [str(BIN / "mssendmail"), "-i", "alice@example.org"],
+            input=f"Subject: {subject}\n\nx\n",
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert done.returncode == 0
+
+    try:
+        submit("before")
+        assert len(wait_for_file(first)) == 1
+        cfg.write_text(cfg.read_text().replace(f"OUTBOX_DIR={first}", f"OUTBOX_DIR={second}"))
+        worker.send_signal(signal.SIGHUP)
+        submit("after reload")
+        assert len(wait_for_file(second)) == 1, "the reloaded OUTBOX_DIR was not used"
+        cfg.write_text(cfg.read_text() + "RETRY_MIN=soon\n")
+        worker.send_signal(signal.SIGHUP)
+        submit("after a broken reload")
+        import time
+
+        deadline = time.monotonic() + 20
+        while len(list(second.glob("*.eml"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list(second.glob("*.eml"))) == 2, "the old config stopped working"
+        assert worker.poll() is None, "SIGHUP ended the worker"
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    failed = [line for line in err.splitlines() if "reload-failed" in line]
+    assert len(failed) == 1 and "RETRY_MIN" in failed[0], err
+    assert "event=reloaded" in err and "Traceback" not in err

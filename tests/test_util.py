@@ -190,7 +190,7 @@ def test_service_is_hardened(name: str) -> None:
 
 def test_both_services_share_the_same_hardening() -> None:
     def sandbox(name: str) -> dict[str, list[str]]:
-        skip = {"Type", "ExecStart", "TimeoutStartSec", "TimeoutStopSec", "Restart"}
+        skip = {"Type", "ExecStart", "ExecReload", "TimeoutStartSec", "TimeoutStopSec", "Restart"}
         return {
             k: v
             for k, v in unit_entries(name).items()
@@ -206,6 +206,7 @@ def test_units_run_the_worker_the_right_way() -> None:
     assert one(service, "Service.ExecStart") == "/usr/local/bin/mssendmail-worker"
     assert one(service, "Service.Restart") == "on-failure"
     assert one(service, "Service.RestartPreventExitStatus") == "78"
+    assert one(service, "Service.ExecReload") == "/bin/kill -HUP $MAINPID"  # SIGHUP: reload
     assert one(once, "Service.Type") == "oneshot"
     assert one(once, "Service.ExecStart") == "/usr/local/bin/mssendmail-worker --once"
     timer = unit_entries("mssendmail-worker.timer")

@@ -14,7 +14,9 @@ DESCRIPTION
 
     Without --once it runs as a service: it wakes on the trigger FIFO, rescans
     every second, and on SIGTERM stops taking new work, lets in-flight sends
-    finish, and exits 0. Messages it could not finish stay queued.
+    finish, and exits 0. Messages it could not finish stay queued. SIGHUP
+    re-reads the config (reload.py): sends in flight finish with the old
+    one; a config that does not load keeps the old one and logs one line.
 
 SECURITY
     Runs as the mssendmail user. Reads the secrets in the config; writes
@@ -102,6 +104,10 @@ class Worker:
         self.pending_ids: set[str] = set()
         self.outcomes: dict[Outcome, int] = {o: 0 for o in Outcome}
         self.network_failures = 0
+        self.reload_asked = threading.Event()  # SIGHUP
+        self.config_path: str | None = None
+        self.verbose = False
+        self.retired: list[Context] = []  # replaced by a reload; closed at exit
 
     # -- wake-ups -------------------------------------------------------
     def open_trigger(self) -> None:
@@ -310,6 +316,9 @@ class Worker:
     def run_service(self) -> int:
         self.open_trigger()
         while not self.stopping.is_set():
+            if self.reload_asked.is_set():
+                self.reload_asked.clear()
+                self.reload()
             now = self.ctx.now()
             self.heartbeat(now)
             self.sweep(now)
@@ -322,6 +331,19 @@ class Worker:
                 self.flush_deferred(self.ctx.now())
         self.drain_inflight()
         return 0
+
+    def reload(self) -> None:
+        """SIGHUP: a new context for new attempts; sends in flight keep the old one."""
+        from mssendmail.delivery.reload import reload
+
+        fresh = reload(self.ctx, self.config_path, self.verbose)
+        if fresh is not None:
+            self.retired.append(self.ctx)
+            self.ctx = fresh
+
+    def close(self) -> None:
+        for ctx in [*self.retired, self.ctx]:
+            ctx.transport.close()
 
     def housekeeping(self, now: float) -> None:
         """What killed processes leave behind: claims, temp files, parked sent mail."""
@@ -361,13 +383,13 @@ def lift_stale_pause(ctx: Context) -> None:
         )
 
 
-def build_context(cfg: config.Config) -> Context:
+def build_context(cfg: config.Config, gate: MailboxGate | None = None) -> Context:
     from mssendmail.delivery.notice_hook import notifier
 
     spool = Spool(cfg.queue_dir)
     transport = from_config(cfg)
     return Context(
-        gate=MailboxGate(spool.dir(STATE), in_flight=cfg.integer("CONCURRENCY")),
+        gate=gate or MailboxGate(spool.dir(STATE), in_flight=cfg.integer("CONCURRENCY")),
         spool=spool,
         cfg=cfg,
         transport=transport,
@@ -412,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
         ctx = build_context(cfg)
         worker = Worker(ctx, concurrency, args.once)
+        worker.config_path, worker.verbose = args.config, args.verbose
         lift_stale_pause(ctx)
     except MssendmailError as exc:
         print(f"mssendmail-worker: {exc}", file=sys.stderr)
@@ -428,8 +451,13 @@ def main(argv: list[str] | None = None) -> int:
         worker.stopping.set()
         worker.poke()
 
+    def reload(signum: int, frame: Any) -> None:
+        worker.reload_asked.set()
+        worker.poke()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)  # --once ignores it: it reads the config anyway
     log.info(
         logs.kv(
             event="start",
@@ -446,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error(logs.kv(event="stopped", error=str(exc)))
         code = exit_code(exc)
     finally:
-        ctx.transport.close()
+        worker.close()
     log.info(logs.kv(event="stop", **{o.value: n for o, n in worker.outcomes.items()}))
     return code
 
