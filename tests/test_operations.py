@@ -321,3 +321,41 @@ def test_sighup_reloads_the_config_and_a_broken_one_keeps_the_old(
     failed = [line for line in err.splitlines() if "reload-failed" in line]
     assert len(failed) == 1 and "RETRY_MIN" in failed[0], err
     assert "event=reloaded" in err and "Traceback" not in err
+
+
+# -- finding 5: proxy and private CA from .env --------------------------------------------
+
+
+def test_worker_and_check_go_through_the_proxy_and_ca_named_in_the_config(
+    setup: Path, fake: FakeGraph
+) -> None:
+    from tests.connectproxy import ConnectProxy
+
+    env = {k: v for k, v in env_for(setup, fake).items() if not k.endswith("CA_BUNDLE")}
+    env = {k: v for k, v in env.items() if k.lower() not in ("https_proxy", "no_proxy")}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
+    with ConnectProxy() as proxy:
+        set_key(setup, "HTTPS_PROXY", proxy.url)
+        set_key(setup, "CA_BUNDLE", fake.ca_path)  # only the config trusts the fake's CA
+        sendmail(setup, fake, ["-i", "alice@example.org"], b"Subject: via proxy\n\nx\n")
+        sent = run(str(BIN / "mssendmail-worker"), "--once")
+        assert sent.returncode == 0, sent.stderr
+        assert len(fake.messages) == 1
+        port = fake.url.rsplit(":", 1)[1]
+        assert proxy.targets and set(proxy.targets) == {f"127.0.0.1:{port}"}
+        checked = run(str(BIN / "mssendmail-queue"), "check")
+        # One line, wrapped at 80 columns: compare without the wrapping.
+        line = "".join(checked.stdout.split("token:")[1].split("\nPASS")[0].split())
+        assert f"proxy{proxy.url},CA{fake.ca_path})" in line, checked.stdout
+        through = len(proxy.targets)
+        set_key(setup, "NO_PROXY", "127.0.0.1")
+        sendmail(setup, fake, ["-i", "alice@example.org"], b"Subject: direct\n\nx\n")
+        direct = run(str(BIN / "mssendmail-worker"), "--once")
+        assert direct.returncode == 0 and len(fake.messages) == 2, direct.stderr
+        assert len(proxy.targets) == through  # NO_PROXY: straight to the host
+        set_key(setup, "CA_BUNDLE", "/nonexistent/ca.pem")
+        broken = run(str(BIN / "mssendmail-worker"), "--once")
+        assert broken.returncode == 78 and "CA_BUNDLE" in broken.stderr, broken.stderr

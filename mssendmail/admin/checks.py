@@ -71,8 +71,9 @@ def fetch_token(cfg: Config) -> str:
     """A fresh Graph token for the configured credential (memory cache only)."""
     from mssendmail.graph.clouds import endpoints
     from mssendmail.graph.credentials import TokenProvider, select
+    from mssendmail.graph.network import settings
 
-    provider = TokenProvider(select(cfg), endpoints(cfg), None)
+    provider = TokenProvider(select(cfg), endpoints(cfg), None, network=settings(cfg))
     try:
         return provider.token()
     finally:
@@ -204,16 +205,19 @@ def check_spool_modes(spool: Spool) -> Result:
 
 def check_token(cfg: Config, fetch: TokenFetcher) -> tuple[Result, str | None]:
     from mssendmail.graph.clouds import endpoints
+    from mssendmail.graph.network import settings
 
     name = "token"
+    via = ""
     try:
         host = endpoints(cfg).authority_host
+        via = settings(cfg).describe(host)  # which proxy and CA: the usual suspects
         started = time.monotonic()
         token = fetch(cfg)
     except MssendmailError as exc:
-        return Result(FAIL, name, str(exc)), None
+        return Result(FAIL, name, f"{exc} ({via})" if via else str(exc)), None
     ms = int((time.monotonic() - started) * 1000)
-    return Result(PASS, name, f"acquired from {host} in {ms} ms"), token
+    return Result(PASS, name, f"acquired from {host} in {ms} ms ({via})"), token
 
 
 def check_roles(token: str) -> list[Result]:

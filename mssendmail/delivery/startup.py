@@ -55,8 +55,10 @@ def check_settings(cfg: Config) -> str:
     kind = cfg.get("TRANSPORT").lower()
     if kind == "graph":
         from mssendmail.graph.clouds import endpoints
+        from mssendmail.graph.network import settings
 
         endpoints(cfg)
+        settings(cfg)  # HTTPS_PROXY, NO_PROXY, CA_BUNDLE
     elif kind == "file":
         if not cfg.get("OUTBOX_DIR"):
             raise ConfigError("TRANSPORT=file needs OUTBOX_DIR; set it in the config")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 import os
@@ -61,6 +62,7 @@ from mssendmail.errors import (
 )
 from mssendmail.graph.classify import classify_token_error, network_error, one_line
 from mssendmail.graph.clouds import Endpoints, endpoints
+from mssendmail.graph.network import Network, from_environment, settings
 from mssendmail.logs import kv
 from mssendmail.spool import layout as spool
 
@@ -245,11 +247,24 @@ def token_claims(token: str) -> dict[str, Any]:
 
 
 class _TimeoutSession(requests.Session):
-    """requests has no session-wide timeout; msal's managed identity calls pass none."""
+    """requests has no session-wide timeout; msal's managed identity calls pass none.
+
+    It also applies HTTPS_PROXY/NO_PROXY/CA_BUNDLE (graph/network.py) to every
+    request msal makes, per URL (discovery and token endpoints may differ).
+    """
+
+    def __init__(self, network: Network | None = None) -> None:
+        super().__init__()
+        self.network = network or from_environment()
+        self.verify = self.network.verify
+        self.trust_env = False  # the environment was read once, into network
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = TOKEN_TIMEOUT
+        if kwargs.get("proxies") is None:
+            text = url.decode() if isinstance(url, bytes) else url
+            kwargs["proxies"] = self.network.proxies_for(text)
         return super().request(method, url, *args, **kwargs)
 
 
@@ -439,12 +454,13 @@ class TokenProvider:
         *,
         app_factory: Callable[[CredentialSpec, Endpoints, Any, dict[str, Any]], Any] | None = None,
         fingerprint: str = "",
+        network: Network | None = None,
     ) -> None:
         import msal
 
         self.spec = spec
         self.endpoints = ends
-        self._app_factory = app_factory or build_app
+        self._app_factory = app_factory or functools.partial(build_app, network=network)
         self._lock = threading.Lock()
         self._app: Any = None
         self._cache = msal.SerializableTokenCache()
@@ -460,7 +476,13 @@ class TokenProvider:
 
         spec = select(cfg)
         state = spool.Spool(cfg.queue_dir).dir(spool.STATE)
-        return cls(spec, endpoints(cfg), state, fingerprint=fingerprint.of(cfg))
+        return cls(
+            spec,
+            endpoints(cfg),
+            state,
+            fingerprint=fingerprint.of(cfg),
+            network=settings(cfg),
+        )
 
     def __repr__(self) -> str:
         return f"TokenProvider(kind={self.spec.kind}, authority={self.endpoints.authority_host})"
@@ -583,11 +605,17 @@ def _msal_exception(exc: Exception) -> DeliveryError:
     )
 
 
-def build_app(spec: CredentialSpec, ends: Endpoints, cache: Any, http_cache: dict[str, Any]) -> Any:
+def build_app(
+    spec: CredentialSpec,
+    ends: Endpoints,
+    cache: Any,
+    http_cache: dict[str, Any],
+    network: Network | None = None,
+) -> Any:
     """The msal client for a credential; may do network I/O (authority discovery)."""
     import msal
 
-    session = _TimeoutSession()
+    session = _TimeoutSession(network)
     if spec.kind == "managed_identity":
         identity: Any
         if spec.identity.lower() == "system":
