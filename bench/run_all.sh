@@ -62,6 +62,7 @@ if [ "$QUICK" = 1 ]; then
     run bench/drain.py --count 1000
     run bench/drain.py --count 200 --latency 0.2
     run bench/large.py --sizes 5
+    run bench/mime.py --mb 5
 else
     run bench/submit.py
     run bench/smtpd.py
@@ -69,6 +70,7 @@ else
     run bench/drain.py --count 2000 --latency 0.2
     run bench/large.py
     run bench/large.py --crlf
+    run bench/mime.py
 fi
 
 echo

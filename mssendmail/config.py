@@ -40,6 +40,8 @@ DEFAULTS: dict[str, str] = {
     "ALIASES": "",
     "ADMIN_ADDRESS": "",
     "LOCAL_DOMAIN": "",
+    # Charset for 8-bit text that is not UTF-8 and says no charset (delivery/mime.py).
+    "DEFAULT_CHARSET": "iso-8859-1",
     # Where things live.
     "QUEUE_DIR": "/var/lib/mssendmail/queue",
     "LOG_DIR": "",
@@ -64,6 +66,8 @@ DEFAULTS: dict[str, str] = {
     "MAX_ATTEMPTS": "",
     "DEAD_LETTER_NOTIFY": "",
     "SENT_RETENTION": "7d",
+    # Exactly once and mailbox protection (docs/delivery-safety.md).
+    "SENT_ITEMS_DELAY": "5m",
     # SMTP listener (mssendmail-smtpd).
     "SMTPD_LISTEN": "127.0.0.1:2525",
     "SMTPD_TLS_CERT": "",

@@ -22,6 +22,11 @@ Endpoints (all under https://127.0.0.1:PORT):
        202 with a request-id header on success
   drafts, attachments, upload sessions and draft send for messages over
        4 MiB: see tests/fakegraph_large.py (needs the Mail.ReadWrite role)
+  Sent Items: every accepted message leaves a copy that appears after
+       sent_items_delay; GET .../mailFolders/sentitems/messages?$filter=
+       internetMessageId eq '<id>'&$select=id (Mail.ReadBasic.All), GET,
+       DELETE and POST .../permanentDelete of one item (Mail.ReadWrite):
+       see tests/fakegraph_sentitems.py
   GET  /_fake/state                  counters as JSON (messages, max in flight)
   POST /_fake/script                 {"graph": [fault...], "token": [fault...]}
   POST /_fake/settings               {"latency": 0.2, "roles": [...], ...}
@@ -31,6 +36,11 @@ A fault is {"kind": "error", "status": 429, "code": "...", "retry_after": "5"}
 or {"kind": "reset"} (TCP RST after reading the request) or
 {"kind": "hang", "seconds": 30} (read the request, then silence, then close).
 Scripted faults are consumed one per request, in order, before normal rules.
+"accept": true makes a fault accept the message first (Sent Items copy and
+all) and then fail the response: a 504, a reset or a hang after Graph took
+it. fake.plan({subject: fault}) (POST /_fake/plan) gives the first sendMail
+of the message with that Subject its fault; fake.recipients_24h(mailbox)
+counts what Exchange's daily recipient limit would count.
 
 In pytest::
 
@@ -89,7 +99,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import trustme
 
-from tests import fakegraph_large
+from tests import fakegraph_large, fakegraph_sentitems
 
 MAX_BODY = 4 * 1024 * 1024
 _DEFAULT_CODES = {
@@ -112,27 +122,33 @@ class Fault:
     retry_after: str | None = None
     seconds: float = 0.0
     message: str = "scripted fault"
+    # True: the message is accepted first (202 logic, Sent Items copy), then
+    # the response fails: the "Graph delivered it anyway" case.
+    accept: bool = False
 
     @classmethod
     def error(
-        cls, status: int, code: str | None = None, retry_after: str | float | None = None
+        cls,
+        status: int,
+        code: str | None = None,
+        retry_after: str | float | None = None,
+        accept: bool = False,
     ) -> Fault:
         ra = None if retry_after is None else str(retry_after)
-        return cls("error", status=status, code=code, retry_after=ra)
+        return cls("error", status=status, code=code, retry_after=ra, accept=accept)
 
     @classmethod
-    def reset(cls) -> Fault:
-        return cls("reset")
+    def reset(cls, accept: bool = False) -> Fault:
+        return cls("reset", accept=accept)
 
     @classmethod
-    def hang(cls, seconds: float) -> Fault:
-        return cls("hang", seconds=seconds)
+    def hang(cls, seconds: float, accept: bool = False) -> Fault:
+        return cls("hang", seconds=seconds, accept=accept)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Fault:
-        known = {
-            k: doc[k] for k in ("kind", "status", "code", "retry_after", "seconds") if k in doc
-        }
+        fields = ("kind", "status", "code", "retry_after", "seconds", "accept")
+        known = {k: doc[k] for k in fields if k in doc}
         if "retry_after" in known and known["retry_after"] is not None:
             known["retry_after"] = str(known["retry_after"])
         return cls(**known)
@@ -251,6 +267,8 @@ class _Handler(BaseHTTPRequestHandler):
             fake._record_token(replace(self._token_rec, status=status))
 
     def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        if getattr(self, "_swallow", False):
+            return  # an accept-then-fail fault answers instead (see _accepted_then)
         self._log(status)
         lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}"]
         all_headers = {"Date": formatdate(usegmt=True), "Content-Length": str(len(body))}
@@ -321,6 +339,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, fake.state())
         elif fakegraph_large.is_upload_path(path):
             return fakegraph_large.upload(self)
+        elif fakegraph_sentitems.is_sentitems_get(parts) or fakegraph_sentitems.is_item_path(parts):
+            status = fakegraph_sentitems.get(self, parts)
         else:
             self._json(404, {"error": "not_found"})
         self._log(status)
@@ -337,6 +357,8 @@ class _Handler(BaseHTTPRequestHandler):
             status = self._token(parts[0])
         elif path.startswith("/_fake/"):
             status = self._control(path[len("/_fake/") :])
+        elif fakegraph_sentitems.is_permanent_delete(parts):
+            status = fakegraph_sentitems.delete(self, parts, "permanentDelete")
         elif fakegraph_large.is_large_path(parts):
             status = fakegraph_large.post(self, parts)
         else:
@@ -349,6 +371,14 @@ class _Handler(BaseHTTPRequestHandler):
         fakegraph_large.upload(self)  # uploadUrl chunks (tests/fakegraph_large.py)
 
     def do_DELETE(self) -> None:
+        path = urlsplit(self.path).path
+        parts = path.strip("/").split("/")
+        if fakegraph_sentitems.is_item_path(parts) and fakegraph_sentitems.is_copy(
+            self.server.fake, parts
+        ):
+            self._start("DELETE", path)
+            self._log(fakegraph_sentitems.delete(self, parts, "delete"))
+            return
         fakegraph_large.delete(self)  # drafts (tests/fakegraph_large.py)
 
     # -- identity platform --------------------------------------------------
@@ -500,7 +530,7 @@ class _Handler(BaseHTTPRequestHandler):
             fault = fake._next_fault(fake._graph_faults)
             if fake.latency:
                 fake._stopping.wait(fake.latency)
-            if fault is not None:
+            if fault is not None and not fault.accept:
                 return self._fault(fault, request_id, json_error=False)
             status, code, message, parsed = fake._check_send(mailbox, self.headers, body)
             # Out of flight before the reply is written: once the client has
@@ -511,7 +541,12 @@ class _Handler(BaseHTTPRequestHandler):
                 extra = {"WWW-Authenticate": 'Bearer realm=""'} if status == 401 else {}
                 self._graph_error(status, code, message, request_id, extra)
                 return status
+            fault = fault or fake._planned(parsed.headers.get("Subject"))
+            if fault is not None and not fault.accept:
+                return self._fault(fault, request_id, json_error=False)
             fake._accept(mailbox, parsed, request_id)
+            if fault is not None:
+                return self._fault(fault, request_id, json_error=False)
             self._reply(
                 202,
                 b"",
@@ -537,9 +572,11 @@ class _Handler(BaseHTTPRequestHandler):
             fake.script(*(Fault.from_json(f) for f in doc.get("graph", [])))
             fake.script_token(*(Fault.from_json(f) for f in doc.get("token", [])))
         elif what == "settings":
-            for key in ("latency", "roles", "token_lifetime"):
+            for key in ("latency", "roles", "token_lifetime", "sent_items_delay"):
                 if key in doc:
                     setattr(fake, key, doc[key])
+        elif what == "plan":
+            fake.plan({str(k): Fault.from_json(v) for k, v in doc.items()})
         elif what == "revoke":
             fake.revoke_tokens()
         else:
@@ -586,6 +623,14 @@ class FakeGraph:
         self.federated_assertions: set[str] = set()
         self.certificates: set[str] = set()  # sha256 hex of allowed client certificates
         self.managed_identities: set[str] | None = None  # None: any identity
+        # Sent Items (tests/fakegraph_sentitems.py): copies appear this long after the accept.
+        self.sent_items_delay = 0.0
+        self._sent_items: dict[str, dict[str, fakegraph_sentitems.SentCopy]] = {}
+        self.deletions: list[fakegraph_sentitems.Deletion] = []
+        self.lookups = 0
+        self._lookup_faults: deque[Fault] = deque()
+        self._fault_plan: dict[str, Fault] = {}
+        self._recipients: dict[str, deque[tuple[float, int]]] = {}
         # What happened.
         self.messages: list[Received] = []
         self.requests: list[RequestRecord] = []
@@ -677,6 +722,31 @@ class FakeGraph:
         with self._lock:
             self._graph_faults.extend(faults)
 
+    def script_lookup(self, *faults: Fault) -> None:
+        """Faults for the next Sent Items / item GETs and deletes, one each."""
+        with self._lock:
+            self._lookup_faults.extend(faults)
+
+    def plan(self, faults: dict[str, Fault]) -> None:
+        """A fault for the first sendMail of the message with each Subject (then normal)."""
+        with self._lock:
+            self._fault_plan.update(faults)
+
+    def _planned(self, subject: str | None) -> Fault | None:
+        with self._lock:
+            return self._fault_plan.pop(str(subject), None) if self._fault_plan else None
+
+    def sent_items_view(self, mailbox: str, folder: str = "sentitems") -> list[Any]:
+        """The Sent Items (or Deleted Items) copies visible now."""
+        return fakegraph_sentitems.view(self, mailbox, folder)
+
+    def recipients_24h(self, mailbox: str, now: float | None = None) -> int:
+        """Recipients accepted for a mailbox in the last 24 hours (Exchange's daily limit)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            log = self._recipients.get(mailbox.lower(), deque())
+            return sum(n for when, n in log if when > now - 86400)
+
     def script_token(self, *faults: Fault) -> None:
         """Faults for the next token requests (OAuth2 JSON error bodies)."""
         with self._lock:
@@ -703,6 +773,12 @@ class FakeGraph:
                 "max_in_flight": self.max_in_flight,
                 "max_in_flight_per_mailbox": dict(self.max_in_flight_per_mailbox),
                 "pending_faults": len(self._graph_faults),
+                "lookups": self.lookups,
+                "deletions": len(self.deletions),
+                "recipients_24h": {
+                    mb: sum(n for when, n in log if when > time.time() - 86400)
+                    for mb, log in self._recipients.items()
+                },
                 "pending_token_faults": len(self._token_faults),
             }
 
@@ -824,7 +900,12 @@ class FakeGraph:
             message_id=msg.get("Message-ID"),
             subject=msg.get("Subject"),
         )
+        fakegraph_sentitems.add_copy(self, mailbox, received.message_id, received.subject)
         with self._changed:
+            log = self._recipients.setdefault(mailbox.lower(), deque())
+            log.append((received.time, len(parsed.recipients)))
+            while log and log[0][0] <= received.time - 86400:
+                log.popleft()
             self.accepted += 1
             number = self.accepted
             if self.keep_records:
@@ -933,6 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-id", default="fake-client-id")
     parser.add_argument("--secret", default="fake-client-secret")
     parser.add_argument("--token-lifetime", type=int, default=3599)
+    parser.add_argument("--sent-items-delay", type=float, default=0.0)
     args = parser.parse_args(argv)
     fake = FakeGraph(
         args.cert_dir,
@@ -951,6 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_records=False,
         store_files=not args.no_store,
     )
+    fake.sent_items_delay = args.sent_items_delay
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -235,7 +235,7 @@ def _graph(
         fault = fake._next_fault(fake._graph_faults)
         if fake.latency:
             fake._stopping.wait(fake.latency)
-        if fault is not None:
+        if fault is not None and not fault.accept:
             return h._fault(fault, request_id, json_error=False)
         status, code, message = _authorize(fake, h.headers.get("Authorization") or "", mailbox)
         if status:
@@ -256,10 +256,28 @@ def _graph(
                     {},
                 )
                 return 404
+        if fault is None and action is _send and draft is not None:
+            fault = fake._planned(
+                BytesHeaderParser(policy=compat32).parsebytes(draft.mime)["subject"]
+            )
+            if fault is not None and not fault.accept:
+                return h._fault(fault, request_id, json_error=False)
+        if fault is not None:
+            return _accepted_then(h, fault, action, fake, state, mailbox, draft, body, request_id)
         result: int = action(h, fake, state, mailbox, draft, body, request_id)
         return result
     finally:
         fake._leave(mailbox)
+
+
+def _accepted_then(h: _Handler, fault: Any, action: Any, *args: Any) -> int:
+    """Do the request's work with its answer swallowed, then fail the response."""
+    h._swallow = True  # type: ignore[attr-defined]
+    try:
+        action(h, *args)
+    finally:
+        h._swallow = False  # type: ignore[attr-defined]
+    return int(h._fault(fault, args[-1], json_error=False))
 
 
 def _authorize(fake: FakeGraph, auth: str, mailbox: str) -> tuple[int, str, str]:

@@ -63,7 +63,8 @@ def test_token_without_mail_send_is_a_plain_fail(
     assert lines[at].startswith("FAIL  Mail.Send: NOT granted (token roles: User.Read.All)")
     assert "admin consent" in " ".join(lines[at : at + 3])
     assert max(len(line) for line in lines) <= 80
-    assert lines[-1] == "check: 7 PASS, 2 WARN, 1 FAIL"  # the WARNs: ReadWrite, trigger
+    # the WARNs: ReadWrite, Mail.ReadBasic.All (duplicates possible), trigger
+    assert lines[-1] == "check: 7 PASS, 3 WARN, 1 FAIL"
     assert fake.secret not in out
     assert len(fake.token_requests) == 1
     # The check keeps its token in memory: no cache for the worker to trip over.
@@ -97,7 +98,7 @@ def test_everything_right_passes_and_exits_0(
     assert code == 0, out
     lines = out.splitlines()
     assert not any(line.startswith(("FAIL", "WARN")) for line in lines)
-    assert lines[-1] == "check: 10 PASS, 0 WARN, 0 FAIL"
+    assert lines[-1] == "check: 11 PASS, 0 WARN, 0 FAIL"  # + sender (issue 13)
     assert max(len(line) for line in lines) <= 80
 
 
@@ -230,3 +231,19 @@ def test_a_users_own_quick_start_spool_passes_while_a_mssendmail_user_exists(
     assert checks.check_spool_modes(Spool(str(root))).status == checks.PASS
     monkeypatch.setattr(checks.os, "geteuid", lambda: 0)  # root expects the service user
     assert checks.check_spool_modes(Spool(str(root))).status == checks.FAIL
+
+
+def test_sent_items_lookup_permission_is_explained(
+    spool: Spool, tmp_path: Path, fake: FakeGraph, clean_env: None
+) -> None:
+    fake.roles = ["Mail.Send"]
+    config = str(graph_config(tmp_path, spool, fake))
+    lookup = by_name(checks.run(config))["Mail.ReadBasic.All"]
+    assert lookup.status == checks.WARN and "duplicate" in lookup.detail
+    fake.roles = ["Mail.Send", "Mail.ReadBasic.All"]
+    assert by_name(checks.run(config))["Mail.ReadBasic.All"].status == checks.PASS
+    # What the worker met wins over the token: RBAC scopes may refuse one mailbox.
+    doc = {"time": time.time(), "mailbox": "relay@example.com", "error": "Graph HTTP 403"}
+    Path(spool.path(STATE, "sentitems-lookup.json")).write_text(json.dumps(doc))
+    lookup = by_name(checks.run(config))["Mail.ReadBasic.All"]
+    assert lookup.status == checks.WARN and "relay@example.com" in lookup.detail

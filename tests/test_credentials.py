@@ -66,7 +66,7 @@ def make_cert(tmp_path: Path, password: str | None = None) -> tuple[Path, bytes]
     """A PEM file with key + self-signed cert (cert first, to check reordering)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mssendmail test")])
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -187,7 +187,9 @@ def test_wrong_secret_is_a_configuration_failure_without_the_secret(fake: FakeGr
         tokens.token()
     assert exc.value.code == "invalid_client"
     assert "AADSTS7000215" in str(exc.value)
-    text = "".join(traceback.format_exception(exc.value)) + repr(tokens)
+    text = "".join(
+        traceback.format_exception(type(exc.value), exc.value, exc.value.__traceback__)
+    ) + repr(tokens)
     assert "wrong-secret-4711" not in text
     assert [r.status for r in fake.token_requests] == [401]
 

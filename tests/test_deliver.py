@@ -298,3 +298,19 @@ def test_all_recipients_aliased_away_is_discarded_not_sent(spool: Spool, tmp_pat
     assert deliver(ctx, qid, QUEUE) is Outcome.SENT
     assert transport.sent == []
     assert json.loads(Path(spool.sent_path(qid)).read_text())["discarded"] is True
+
+
+def test_mime_repairs_are_logged_recorded_and_counted(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock, transport = Clock(), Scripted()
+    qid = queue_one(spool, b"Subject: Gr\xc3\xbc\xc3\x9fe\n\n" + b"\xc3\xa9" * 600 + b"\n")
+    ctx = make_ctx(spool, transport, clock)
+    with caplog.at_level("INFO", logger="mssendmail"):
+        assert deliver(ctx, qid, QUEUE) is Outcome.SENT
+    assert "mime_fixed=charset,mime,qp,rfc2047" in caplog.text
+    record = json.loads(Path(spool.sent_path(qid)).read_text())
+    assert record["mime_fixed"] == "charset,mime,qp,rfc2047"
+    assert ctx.mime_fixes.snapshot() == {"charset": 1, "mime": 1, "qp": 1, "rfc2047": 1}
+    [(_, mime)] = transport.sent
+    assert max(len(line) for line in mime.split(b"\r\n")) <= 998

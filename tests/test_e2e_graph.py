@@ -251,3 +251,92 @@ def test_t_bs_and_smtpd_reach_graph_byte_identical(setup: Path, fake: FakeGraph)
     assert arrived[0] == arrived[1] == arrived[2]
     assert sum(m.mime.count(b"Received: from ") for m in fake.messages if m.mime) == 2
     assert {m.mailbox for m in fake.messages} == {"app@contoso.example"}
+
+
+# ---------------------------------------------------------------- MIME read right by other decoders
+
+DECODERS_DIR = Path(__file__).parent / "decoders"
+DECODERS = {
+    "ruby mail gem": (
+        ["ruby", str(DECODERS_DIR / "mail_gem.rb")],
+        ["ruby", "-e", 'require "mail"'],
+    ),
+    "perl MIME::Parser": (
+        ["perl", str(DECODERS_DIR / "mime_parser.pl")],
+        ["perl", "-MMIME::Parser", "-e", "1"],
+    ),
+}
+LINE_5000 = ("Grüße Привет 你好 👋🏽 " * 400)[:5000]
+MIME_CASES = {
+    # cron: raw UTF-8, no MIME headers, one 5,000-character line.
+    "cron ✓ /usr/local/bin/report": (
+        ["-FCronDaemon", "-i", "-oem", "root"],
+        b"From: root (Cron Daemon)\nTo: root\nSubject: cron \xe2\x9c\x93 /usr/local/bin/report\n"
+        b"X-Cron-Env: <SHELL=/bin/sh>\n\n",
+        f"report start\n{LINE_5000}\nreport end\n",
+        "utf-8",
+    ),
+    "cron without a locale": (
+        ["-i", "root"],
+        b"From: root\nTo: root\nSubject: cron without a locale\nMIME-Version: 1.0\n"
+        b"Content-Type: text/plain; charset=US-ASCII\nContent-Transfer-Encoding: 8bit\n\n",
+        "Ошибка: диск заполнен\n",
+        "utf-8",
+    ),
+    "Zoë's legacy script": (
+        ["-i", "alice@example.org"],
+        b"To: alice@example.org\nSubject: Zo\xc3\xab's legacy script\n\n",
+        "Grüße aus Köln, " * 100 + "\n",
+        "latin-1",
+    ),
+}
+
+
+def decoded_by(command: list[str], path: Path) -> dict[str, str]:
+    import json
+
+    result = subprocess.run([*command, str(path)], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    doc: dict[str, str] = json.loads(result.stdout)
+    return doc
+
+
+def test_cron_and_other_8bit_mail_arrives_as_mime_every_decoder_reads_right(
+    setup: Path, fake: FakeGraph, tmp_path: Path
+) -> None:
+    from email import policy
+
+    from tests.test_mime import check_delivered
+
+    for args, head, text, charset in MIME_CASES.values():
+        sendmail(setup, fake, args, head + text.encode(charset))
+    result = worker_once(setup, fake)
+    assert result.returncode == 0, result.stderr
+    assert "mime_fixed=" in result.stderr
+    assert len(fake.messages) == len(MIME_CASES)
+    missing = [name for name, (_, check) in DECODERS.items() if not _runs(check)]
+    for n, received in enumerate(fake.messages):
+        assert received.mime is not None
+        subject = str(message_from_bytes(received.mime, policy=policy.default)["Subject"])
+        text = MIME_CASES[subject][2]
+        check_delivered(received.mime, subject, text)  # the four properties, by Python
+        path = tmp_path / f"delivered-{n}.eml"
+        path.write_bytes(received.mime)
+        for name, (command, _) in DECODERS.items():
+            if name in missing:
+                continue
+            doc = decoded_by(command, path)
+            assert doc["subject"] == subject, name
+            assert doc["body"].replace("\r\n", "\n") == text, name
+    if missing:
+        pytest.skip(
+            f"not installed: {', '.join(missing)} (.ci/run installs ruby-mail and "
+            "libmime-tools-perl as root)"
+        )
+
+
+def _runs(check: list[str]) -> bool:
+    import shutil
+
+    found = shutil.which(check[0]) is not None
+    return found and subprocess.run(check, capture_output=True).returncode == 0

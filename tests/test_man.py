@@ -100,6 +100,25 @@ def test_every_source_has_its_built_page() -> None:
     assert sorted(p.name for p in BUILT.iterdir()) == sorted(PAGES)
 
 
+def test_built_pages_are_committed() -> None:
+    """install.sh and the packages ship man/build, so git must carry it."""
+    if not (REPO / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    result = subprocess.run(
+        ["git", "-C", REPO, "ls-files", "man/build"], capture_output=True, text=True
+    )
+    tracked = sorted(Path(line).name for line in result.stdout.split())
+    ignored = subprocess.run(
+        ["git", "-C", REPO, "check-ignore", *(f"man/build/{n}" for n in PAGES)],
+        capture_output=True,
+        text=True,
+    )
+    assert (ignored.returncode, ignored.stdout) == (1, ""), "git ignores man/build: .gitignore"
+    assert result.returncode == 0, result.stderr
+    if tracked != sorted(PAGES):
+        pytest.xfail(f"man/build is not committed yet (tracked: {tracked})")
+
+
 def test_built_pages_are_current(tmp_path: Path) -> None:
     """man/build is what `util/build-man.sh` makes of man/*.md and docs/ now."""
     need("pandoc")
@@ -215,6 +234,7 @@ def test_queue_8_documents_every_command_and_its_options() -> None:
             shown = action.option_strings or [action.metavar or action.dest.upper()]
             for option in shown:
                 assert re.search(rf"(?<![\w-]){re.escape(option)}\b", text), f"{name} {option}"
+    assert set(entries(page("mssendmail-queue.8"), "SIGNALS")) >= {"SIGINT (Ctrl-C)", "SIGPIPE"}
     named = options(entries(page("mssendmail-queue.8"), "OPTIONS"))
     for action in actions(parser):
         assert set(action.option_strings) <= named, action.option_strings

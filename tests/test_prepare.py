@@ -411,14 +411,32 @@ def test_minus_f_cannot_inject_headers() -> None:
 
 def test_eight_bit_body_is_kept_byte_for_byte() -> None:
     body = (
+        bytes(range(0x80, 0x100)) + b"\r\n" + b"x" * 998 + b"\r\n" + "Grüße\r\n".encode("latin-1")
+    )
+    message = (
+        b"Subject: bin\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n" + body
+    )
+    result = run(message, env("a@example.org"))
+    assert body_of(result) == body and result.mime_fixed == ()
+
+
+def test_over_long_line_is_sent_as_quoted_printable_that_decodes_to_the_same_bytes() -> None:
+    body = (
         bytes(range(0x80, 0x100)) + b"\r\n" + b"x" * 5000 + b"\r\n" + "Grüße\r\n".encode("latin-1")
     )
     message = b"Subject: bin\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + body
-    assert body_of(run(message, env("a@example.org"))) == body
+    result = run(message, env("a@example.org"))
+    msg = parsed(result)
+    assert msg["Content-Transfer-Encoding"] == "quoted-printable"
+    assert msg.get_content_charset() == "iso-8859-1"  # DEFAULT_CHARSET: not UTF-8
+    assert msg.get_payload(decode=True) == body
+    assert max(len(line) for line in result.mime.split(b"\r\n")) <= 998
+    assert result.mime_fixed == ("charset", "mime", "qp")
 
 
 def test_untouched_headers_keep_their_bytes() -> None:
-    subject = "Subject: Grüße aus Köln, a folded\r\n  long subject line\r\n".encode()
+    subject = b"Subject: Greetings from Koeln, a folded\r\n  long subject line\r\n"
     odd = b"X-Odd :  spaced   value\r\n"
     message = subject + odd + b"To: a@example.org\r\n\r\nx\r\n"
     head = headers_of(run(message, env("a@example.org")))

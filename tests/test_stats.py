@@ -109,6 +109,7 @@ def test_json_output(
         "paused_until",
         "pause_reason",
         "heartbeat",
+        "mime_fixed",
     }
 
 
@@ -118,3 +119,16 @@ def test_unwritable_prometheus_target_is_one_line(
     code = main(["stats", "--prometheus", "/nonexistent/dir/x.prom", "--config", str(config_file)])
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1 and "/nonexistent/dir/x.prom" in err
+
+
+def test_mime_repairs_from_the_heartbeat_are_shown_and_exported(spool: Spool) -> None:
+    path = Path(spool.path("state", stats.HEARTBEAT_FILE))
+    path.write_text(
+        json.dumps({"time": time.time(), "mime_fixed": {"qp": 3, "charset": 5, 'x"}': 1}})
+    )
+    snap = stats.collect(spool)
+    assert snap.mime_fixed == {"qp": 3, "charset": 5}  # odd keys are not trusted
+    assert "MIME repaired: charset 5, qp 3 (since the worker started)" in stats.render(snap)
+    prom = stats.prometheus(snap)
+    assert 'mssendmail_mime_fixed_total{fix="qp"} 3' in prom
+    assert "# TYPE mssendmail_mime_fixed_total counter" in prom

@@ -341,7 +341,7 @@ MAN_ALIASES=(man8/sendmail.8 man1/mailq.1 man8/newaliases.8)
 MAN_SO=".so man8/mssendmail.8"
 
 alias_man() {
-	resolves_to_us "$ROOT/usr/sbin/sendmail" || return 0
+	resolves_to_us "$ROOT/usr/sbin/sendmail" && [ -f "$MANDIR/man8/mssendmail.8" ] || return 0
 	local alias
 	for alias in "${MAN_ALIASES[@]}"; do
 		if [ -e "$MANDIR/$alias" ] && [ "$(cat "$MANDIR/$alias")" != "$MAN_SO" ]; then

@@ -185,6 +185,7 @@ remove_program() {
 	for page in "${MAN_ALIASES[@]}"; do # only our own .so links, never another MTA's page
 		if [ -f "$MANDIR/$page" ] && [ "$(cat "$MANDIR/$page")" = "$MAN_SO" ]; then rm -f "$MANDIR/$page"; fi
 	done
+	rmdir "$MANDIR/man1" "$MANDIR/man5" "$MANDIR/man8" 2>/dev/null || true # only if now empty
 	rmdir "$PREFIX" 2>/dev/null || true
 	rm -f "$ROOT/etc/tmpfiles.d/mssendmail.conf" "$ROOT/etc/sysusers.d/mssendmail.conf" \
 		"$ROOT/etc/logrotate.d/mssendmail"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from mssendmail.config import Config, load
 from mssendmail.delivery import startup
-from mssendmail.errors import MssendmailError
+from mssendmail.errors import EX_CONFIG, EX_OK, MssendmailError
 from mssendmail.spool import meta, pause
 from mssendmail.spool.layout import DIR_MODES, ROOT_MODE, STATE, TRIGGER_MODE, Spool, service_ids
 
@@ -112,7 +112,10 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
         token_result, token = check_token(cfg, fetch)
         results.append(token_result)
         if token is not None:
+            from mssendmail.admin import safety
+
             results.extend(check_roles(token))
+            results.extend(safety.checks(cfg, spool, token))
     results.append(check_worker(spool))
     results.append(check_trigger(spool))
     paused = check_pause(spool, cfg=cfg)
@@ -343,4 +346,4 @@ def check_pause(spool: Spool, now: float | None = None, cfg: Config | None = Non
 
 def exit_status(results: list[Result]) -> int:
     """78 (EX_CONFIG) on any FAIL, else 0."""
-    return 78 if any(r.status == FAIL for r in results) else 0
+    return EX_CONFIG if any(r.status == FAIL for r in results) else EX_OK

@@ -64,7 +64,6 @@ from mssendmail.admin import actions as admin
 from mssendmail.admin import checks, listing, paused, stats
 from mssendmail.argv import Parser
 from mssendmail.errors import (
-    EX_NOPERM,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
     MssendmailError,
@@ -72,6 +71,7 @@ from mssendmail.errors import (
     PermissionDenied,
     UsageError,
     exit_code,
+    run_main,
 )
 from mssendmail.spool import meta, record, status
 from mssendmail.spool.layout import DEAD, DEFERRED, HOLD, MAILDROP, Spool, init_tree
@@ -556,23 +556,21 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
     args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: _dispatch_output(args), hint="check QUEUE_DIR and the disk")
+
+
+def _dispatch_output(args: argparse.Namespace) -> int:
+    """dispatch(), with what only a lister meets: a closed pipe and a spool it may not read."""
     try:
         return dispatch(args)
-    except MssendmailError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except PermissionError:
-        print(f"{PROG}: {listing.NO_ACCESS}", file=sys.stderr)
-        return EX_NOPERM
+    except MssendmailError:
+        raise  # PermissionDenied among them: it says what it is itself
+    except PermissionError as exc:
+        raise PermissionDenied(listing.NO_ACCESS) from exc
     except BrokenPipeError:
         # `mssendmail-queue list | head`: not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as exc:
-        print(f"{PROG}: {exc.strerror or exc}; check QUEUE_DIR and the disk", file=sys.stderr)
-        return EX_TEMPFAIL
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

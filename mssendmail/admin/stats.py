@@ -52,6 +52,8 @@ class Stats:
     paused_until: float | None = None
     pause_reason: str | None = None
     heartbeat: float | None = None
+    # MIME repairs (delivery/mime.py) of sent messages since the worker started.
+    mime_fixed: dict[str, int] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,9 +98,17 @@ def collect(spool: Spool, now: float | None = None) -> Stats:
         stats.paused_until = until
         reason = pause.current(spool).get("reason")
         stats.pause_reason = printable(reason, 300) if isinstance(reason, str) else None
-    beat = meta.read_json(spool.path(STATE, HEARTBEAT_FILE)).get("time")
+    heartbeat = meta.read_json(spool.path(STATE, HEARTBEAT_FILE))
+    beat = heartbeat.get("time")
     if isinstance(beat, (int, float)) and not isinstance(beat, bool):
         stats.heartbeat = float(beat)
+    fixes = heartbeat.get("mime_fixed")
+    if isinstance(fixes, dict):
+        stats.mime_fixed = {
+            k: v
+            for k, v in fixes.items()
+            if k.isascii() and k.isalnum() and type(v) is int and v >= 0
+        }
     return stats
 
 
@@ -188,6 +198,9 @@ def render(stats: Stats, now: float | None = None) -> list[str]:
         lines.append("worker:        no heartbeat seen")
     else:
         lines.append(f"worker:        last heartbeat {human_delta(now - stats.heartbeat)} ago")
+    if stats.mime_fixed:
+        fixes = ", ".join(f"{k} {v}" for k, v in sorted(stats.mime_fixed.items()))
+        lines.append(f"MIME repaired: {fixes} (since the worker started)")
     return lines
 
 
@@ -228,6 +241,14 @@ def prometheus(stats: Stats) -> str:
     ]
     for name, help_text, value in gauges:
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:.3f}"]
+    if stats.mime_fixed:
+        name = "mssendmail_mime_fixed_total"
+        out += [
+            f"# HELP {name} Sent messages whose MIME was repaired, by repair, since the worker "
+            "started.",
+            f"# TYPE {name} counter",
+        ]
+        out += [f'{name}{{fix="{k}"}} {v}' for k, v in sorted(stats.mime_fixed.items())]
     return "\n".join(out) + "\n"
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mssendmail.config import Config
-from mssendmail.delivery import outcome
+from mssendmail.delivery import idempotency, outcome
+from mssendmail.delivery.mime import FixCounts
 from mssendmail.delivery.retry import backoff
 from mssendmail.errors import (
     ConfigError,
@@ -153,6 +154,7 @@ class Context:
     now: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     notify: Callable[[bytes, dict[str, Any], str, dict[str, Any]], None] | None = None
+    mime_fixes: FixCounts = field(default_factory=FixCounts)
 
 
 def deliver(ctx: Context, queue_id: str, area: str) -> Outcome:
@@ -205,6 +207,9 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
         "rcpts": len(prepared.recipients),
         "size": len(prepared.mime),
     }
+    if prepared.mime_fixed or prepared.mime_kept:
+        info["mime_fixed"] = ",".join(prepared.mime_fixed) or None
+        info["mime_kept"] = prepared.mime_kept or None
     for warning in prepared.warnings:
         log.warning(kv(id=qid, warning=warning))
     if not prepared.recipients:
@@ -217,7 +222,19 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
     if paused > ctx.now():
         outcome.defer(spool, held, None, paused)
         return Outcome.DEFERRED
+    record_info = {
+        **info,
+        "attempts": meta.attempts(state),
+        "sender": envelope.get("sender", ""),
+        "recipients": prepared.recipients,
+        "uid": envelope.get("uid"),
+        "submitted": envelope.get("time"),
+    }
+    handled = idempotency.before_send(ctx, held, state, prepared, record_info)
+    if handled is not None:
+        return Outcome(handled)
     attempt = meta.attempts(state) + 1
+    sent_at = ctx.now()
     started = time.monotonic()
     try:
         with ctx.gate.slot(prepared.mailbox):
@@ -235,7 +252,7 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
                 ms=ms,
             )
         )
-        return _failed(ctx, held, state, envelope, message, prepared.mailbox, exc)
+        return _failed(ctx, held, state, envelope, message, prepared.mailbox, exc, sent_at)
     ms = int((time.monotonic() - started) * 1000)
     log.info(
         kv(
@@ -248,16 +265,7 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
             ms=ms,
         )
     )
-    record_info = {
-        **info,
-        "sent": ctx.now(),
-        "attempts": attempt,
-        "request_id": delivered.request_id,
-        "sender": envelope.get("sender", ""),
-        "recipients": prepared.recipients,
-        "uid": envelope.get("uid"),
-        "submitted": envelope.get("time"),
-    }
+    record_info.update(sent=ctx.now(), attempts=attempt, request_id=delivered.request_id)
     try:
         outcome.sent(spool, held, record_info)
     except OSError as exc:
@@ -265,6 +273,7 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
         log.error(kv(event="sent-unrecorded", id=qid, error=exc.strerror or str(exc)))
         outcome.sent_unrecorded(spool, held)
         return Outcome.SENT
+    ctx.mime_fixes.add(prepared.mime_fixed)
     pause.clear_queue_pause(spool)
     return Outcome.SENT
 
@@ -295,6 +304,7 @@ def _failed(
     message: bytes,
     mailbox: str,
     exc: DeliveryError,
+    sent_at: float,
 ) -> Outcome:
     if isinstance(exc, ConfigurationFailure):
         return _pause_queue(ctx, held, exc)
@@ -319,6 +329,7 @@ def _failed(
         delay = max(p.retry_max, exc.retry_after or 0.0)
     else:
         delay = backoff(attempts, p.retry_min, p.retry_max, exc.retry_after, ctx.rng)
+    idempotency.note_failure(ctx, state, exc, sent_at)
     state["next_attempt"] = now + delay
     outcome.defer(ctx.spool, held, state, now + delay)
     return Outcome.DEFERRED

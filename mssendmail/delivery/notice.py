@@ -57,7 +57,7 @@ def _original_headers(message: bytes) -> str:
 
 
 def _show(key: str, value: Any) -> str:
-    if key in _TIME_KEYS and isinstance(value, int | float) and not isinstance(value, bool):
+    if key in _TIME_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{formatdate(value, localtime=True)} ({value:.0f})"
     if isinstance(value, str):
         return value

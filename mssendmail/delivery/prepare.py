@@ -53,6 +53,7 @@ from typing import Any
 
 from mssendmail.config import Config
 from mssendmail.delivery.aliases import AliasFile, Resolver
+from mssendmail.delivery.mime import check_charset, normalise
 from mssendmail.errors import ConfigError, DataError
 
 CRLF = b"\r\n"
@@ -75,6 +76,8 @@ class Prepared:
     recipients: list[str]
     warnings: list[str]
     message_id: str
+    mime_fixed: tuple[str, ...] = ()  # repairs by mssendmail.delivery.mime, for the log
+    mime_kept: str = ""  # why a message went out untouched (signed, dkim)
 
 
 class Policy:
@@ -87,8 +90,10 @@ class Policy:
         *,
         from_name: str = "",
         allowed_from: Iterable[str] = (),
+        default_charset: str = "iso-8859-1",
     ) -> None:
         self.sender = sender
+        self.default_charset = default_charset
         self.sender_domain = sender.rpartition("@")[2]
         self.resolver = resolver
         self.from_name = from_name
@@ -127,11 +132,16 @@ class Policy:
         )
         if aliases is not None:
             aliases.table()  # an unreadable file is a ConfigError now, not at the first send
+        try:
+            charset = check_charset(cfg.get("DEFAULT_CHARSET"))
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; fix DEFAULT_CHARSET in the config") from None
         return cls(
             sender,
             resolver,
             from_name=cfg.get("FROM_NAME"),
             allowed_from=cfg.addresses("ALLOWED_FROM"),
+            default_charset=charset,
         )
 
     def allows(self, address: str) -> bool:
@@ -291,7 +301,7 @@ def _check_envelope(envelope: Mapping[str, Any]) -> _Envelope:
     if not isinstance(full_name, str):
         raise DataError("envelope full_name is not a string")
     when = envelope.get("time")
-    if not isinstance(when, int | float) or isinstance(when, bool):
+    if not isinstance(when, (int, float)) or isinstance(when, bool):
         when = time.time()
     addresses = []
     for rcpt in rcpts:
@@ -384,7 +394,8 @@ def prepare(
     else:
         # Joined from a view: a sliced body would be a third copy of the message.
         mime = b"".join((headers.to_bytes(), CRLF, memoryview(data)[body_at:]))
-    return Prepared(mime, mailbox, recipients, warnings, message_id)
+    fixed = normalise(mime, policy.default_charset)  # charsets, long lines, 8-bit headers
+    return Prepared(fixed.mime, mailbox, recipients, warnings, message_id, fixed.fixed, fixed.kept)
 
 
 def _fix_recipient_headers(

@@ -50,17 +50,17 @@ from typing import Any
 
 from mssendmail import __version__, config, logs
 from mssendmail.argv import Parser
-from mssendmail.delivery import affinity, outcome, startup
+from mssendmail.delivery import affinity, idempotency, outcome, startup
 from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.delivery.pickup import listing, pickup
-from mssendmail.errors import MssendmailError, exit_code
+from mssendmail.errors import EX_TEMPFAIL, MssendmailError, exit_code, run_main
 from mssendmail.spool import pause
-from mssendmail.spool.claim import recover
 from mssendmail.spool.layout import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
 from mssendmail.transport import from_config
 
 log = logging.getLogger("mssendmail.delivery.worker")
 
+PROG = "mssendmail-worker"
 RESCAN_SECONDS = 1.0
 PREPARE_AHEAD = 2  # threads beyond CONCURRENCY that prepare while others wait on Graph
 PICKUP_BATCH = 64  # small rounds keep dispatch going while a big maildrop/ drains
@@ -229,6 +229,7 @@ class Worker:
             "mode": "once" if self.once else "service",
             "version": __version__,
             "inflight": len(self.inflight),
+            "mime_fixed": self.ctx.mime_fixes.snapshot(),  # since this worker started
         }
         path = self.spool.path(STATE, HEARTBEAT_FILE)
         tmp = f"{path}.{os.getpid()}.tmp"
@@ -347,7 +348,7 @@ class Worker:
 
     def housekeeping(self, now: float) -> None:
         """What killed processes leave behind: claims, temp files, parked sent mail."""
-        recover(self.spool)
+        idempotency.recover(self.spool, now)  # marks each one's outcome unknown
         for name in sweep_temps(self.spool, now):
             log.info(logs.kv(event="removed-temp", file=name))
         outcome.sweep_sent(self.spool, now)
@@ -363,7 +364,7 @@ class Worker:
         self.sweep(self.ctx.now())
         now = self.ctx.now()
         if pause.queue_paused_until(self.spool) > now or self.stall_until > now:
-            return 75
+            return EX_TEMPFAIL
         return 0
 
     def drain_inflight(self) -> None:
@@ -423,29 +424,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+START_HINT = "check QUEUE_DIR and run 'mssendmail-queue init'"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = config.load(args.config)
-        # The same steps as `mssendmail-queue check`: one line and 78, not a traceback.
-        startup.validate(cfg)
-        logs.setup(cfg.log_dir, args.verbose)
-        concurrency = startup.concurrency(cfg)
-        cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
-        ctx = build_context(cfg)
-        worker = Worker(ctx, concurrency, args.once)
-        worker.config_path, worker.verbose = args.config, args.verbose
-        lift_stale_pause(ctx)
-    except MssendmailError as exc:
-        print(f"mssendmail-worker: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except OSError as exc:
-        print(
-            f"mssendmail-worker: cannot start: {exc}; check QUEUE_DIR and run "
-            "'mssendmail-queue init'",
-            file=sys.stderr,
-        )
-        return 75
+    return run_main(PROG, lambda: serve(args), hint=START_HINT)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Start up (errors end here, through run_main), then run until done or stopped."""
+    cfg = config.load(args.config)
+    # The same steps as `mssendmail-queue check`: one line and 78, not a traceback.
+    startup.validate(cfg)
+    logs.setup(cfg.log_dir, args.verbose)
+    concurrency = startup.concurrency(cfg)
+    cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
+    ctx = build_context(cfg)
+    worker = Worker(ctx, concurrency, args.once)
+    worker.config_path, worker.verbose = args.config, args.verbose
+    lift_stale_pause(ctx)
 
     def stop(signum: int, frame: Any) -> None:
         worker.stopping.set()

@@ -232,3 +232,38 @@ def classify_token_error(
 def network_error(what: str, exc: BaseException) -> TemporaryFailure:
     """A transport-level failure (DNS, refused, reset, timeout, TLS)."""
     return TemporaryFailure(f"{what}: {type(exc).__name__}: {one_line(str(exc))}")
+
+
+def mark_unknown(exc: DeliveryError, status: int | None) -> DeliveryError:
+    """Flag a failed send whose request Graph may have acted on anyway.
+
+    Graph answers 202 before it processes a message, and 5xx, 429 without
+    Retry-After and cut connections are reported "even as the backend
+    completes delivery": those are unknown outcomes. A 429 with Retry-After
+    and every 4xx are refusals. status None is a network error, see
+    network_unknown().
+    """
+    if status is not None and (status >= 500 or (status == 429 and exc.retry_after is None)):
+        exc.outcome_unknown = True
+    return exc
+
+
+def network_unknown(exc: BaseException) -> bool:
+    """False only when the connection was never made, so no byte reached Graph."""
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo and len(seen) < 20:  # a bounded walk of the wrapped causes
+        cur = todo.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, (NewConnectionError, ConnectTimeoutError)):
+            return False
+        if isinstance(cur, BaseException):
+            todo.extend(a for a in cur.args if isinstance(a, BaseException))
+            todo.extend(
+                x for x in (getattr(cur, "reason", None), cur.__cause__, cur.__context__) if x
+            )
+    return True

@@ -48,7 +48,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import requests
@@ -60,6 +59,7 @@ from mssendmail.errors import (
     DeliveryError,
     TemporaryFailure,
 )
+from mssendmail.graph import msal_compat
 from mssendmail.graph.classify import classify_token_error, network_error, one_line
 from mssendmail.graph.clouds import Endpoints, endpoints
 from mssendmail.graph.network import Network, from_environment, settings
@@ -388,8 +388,6 @@ def _http_cache_to_json(cache: Mapping[str, Any]) -> str:
 
 
 def _http_cache_from_json(text: str) -> dict[str, Any]:
-    from msal.throttled_http_client import NormalizedResponse
-
     try:
         doc = json.loads(text)
     except ValueError:
@@ -401,20 +399,16 @@ def _http_cache_from_json(text: str) -> dict[str, Any]:
         if isinstance(value, dict) and "__response__" in value:
             raw = value["__response__"]
             try:
-                out[key] = NormalizedResponse(
-                    SimpleNamespace(
-                        status_code=int(raw["status_code"]),
-                        text=str(raw["text"]),
-                        headers=dict(raw["headers"]),
-                    )
+                out[key] = msal_compat.normalized_response(
+                    int(raw["status_code"]), str(raw["text"]), dict(raw["headers"])
                 )
             except (KeyError, TypeError, ValueError):
                 continue
-        elif key == "_index_":
+        elif key == msal_compat.HTTP_CACHE_INDEX:
             index = _valid_index(value)
             if index is not None:
                 out[key] = index
-    return out if "_index_" in out else {}
+    return out if msal_compat.HTTP_CACHE_INDEX in out else {}
 
 
 def _valid_index(value: Any) -> tuple[list[list[Any]], dict[str, list[int]]] | None:

@@ -43,7 +43,6 @@ FILES: none.
 from __future__ import annotations
 
 import binascii
-import itertools
 import json
 import logging
 import mimetypes
@@ -61,7 +60,13 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from mssendmail.errors import DeliveryError, PermanentFailure, TemporaryFailure
-from mssendmail.graph.classify import classify_http, graph_error, one_line, parse_retry_after
+from mssendmail.graph.classify import (
+    classify_http,
+    graph_error,
+    mark_unknown,
+    one_line,
+    parse_retry_after,
+)
 from mssendmail.logs import kv
 from mssendmail.transport import Delivered
 
@@ -187,7 +192,7 @@ def parse(mime: bytes, start: int = 0, end: int | None = None, depth: int = 0) -
     if delims is None or len(delims) < 2:
         return part  # no close delimiter or no part: leave it alone
     part.boundary = boundary
-    for (d_start, content_start), (next_start, _) in itertools.pairwise(delims):
+    for (d_start, content_start), (next_start, _) in zip(delims, delims[1:]):
         child = parse(mime, content_start, next_start, depth + 1)
         child.cut = (d_start, next_start)
         part.children.append(child)
@@ -500,7 +505,7 @@ class LargeSender:
                 url,
                 data=body,
                 headers=headers,
-                timeout=self.t.timeout,  # type: ignore[arg-type]
+                timeout=self.t.timeout,
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
@@ -527,8 +532,10 @@ class LargeSender:
             for a in the_plan.posts:
                 self.post_attachment(draft_id, mime, a)
             delivered = self.send_draft(draft_id)
-        except BaseException:
-            self.delete_draft(draft_id)
+        except BaseException as exc:
+            if not getattr(exc, "outcome_unknown", False):
+                self.delete_draft(draft_id)
+            # else the draft tells later whether /send went through (idempotency.py)
             raise
         log.debug(
             kv(
@@ -587,9 +594,18 @@ class LargeSender:
             )
 
     def send_draft(self, draft_id: str) -> Delivered:
-        response = self._graph("POST", self.msg_url(draft_id) + "/send", body=b"")
+        try:
+            response = self._graph("POST", self.msg_url(draft_id) + "/send", body=b"")
+        except TemporaryFailure as exc:  # the request may have gone out: unknown
+            exc.outcome_unknown, exc.draft_id = True, draft_id
+            raise
         if response.status_code != 202:
-            raise self._fail(response, "sending the draft failed")
+            failure = mark_unknown(
+                self._fail(response, "sending the draft failed"), response.status_code
+            )
+            if failure.outcome_unknown:
+                failure.draft_id = draft_id
+            raise failure
         return Delivered(status=202, request_id=response.headers.get("request-id"))
 
     def _item(self, a: Attachment) -> dict[str, Any]:
@@ -675,7 +691,7 @@ class LargeSender:
                 data=chunk,
                 headers=headers,
                 auth=_no_auth,
-                timeout=self.t.timeout,  # type: ignore[arg-type]
+                timeout=self.t.timeout,
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
@@ -706,7 +722,7 @@ class LargeSender:
             response = self.t.session.get(
                 url,
                 auth=_no_auth,
-                timeout=self.t.timeout,  # type: ignore[arg-type]
+                timeout=self.t.timeout,
                 allow_redirects=False,
             )
         except requests.RequestException:

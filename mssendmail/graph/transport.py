@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 import http.cookiejar
 import uuid
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
 import requests
@@ -38,10 +38,13 @@ from urllib3.util import Timeout
 
 from mssendmail.config import Config
 from mssendmail.errors import ConfigurationFailure
-from mssendmail.graph.classify import classify_http, network_error
+from mssendmail.graph.classify import classify_http, mark_unknown, network_error, network_unknown
 from mssendmail.graph.clouds import endpoints
 from mssendmail.graph.network import Network, from_environment
 from mssendmail.transport import Delivered
+
+if TYPE_CHECKING:
+    from mssendmail.graph.sentitems import SentItems
 
 # Graph refuses request bodies over 4 MB (413); the base64 body is what counts.
 MAX_SENDMAIL_BODY = 4 * 1024 * 1024
@@ -137,9 +140,18 @@ class GraphTransport:
             response = self._post(url, body, token)
         if response.status_code == 202:
             return Delivered(status=202, request_id=response.headers.get("request-id"))
-        raise classify_http(
-            response.status_code, response.content, response.headers, mailbox=mailbox
+        raise mark_unknown(
+            classify_http(
+                response.status_code, response.content, response.headers, mailbox=mailbox
+            ),
+            response.status_code,
         )
+
+    def sent_items(self, permanent: bool = True) -> SentItems:
+        """Sent Items lookups and deletes (mssendmail.graph.sentitems)."""
+        from mssendmail.graph.sentitems import SentItems
+
+        return SentItems(self, permanent)
 
     def _send_large(self, mailbox: str, mime: bytes, queue_id: str) -> Delivered:
         """The single branch point for the upload-session path (draft + attachments + send)."""
@@ -176,7 +188,9 @@ class GraphTransport:
             )
             response.content  # noqa: B018  # read it all: the connection goes back to the pool
         except requests.RequestException as exc:
-            raise network_error("cannot reach Graph", exc) from None
+            error = network_error("cannot reach Graph", exc)
+            error.outcome_unknown = network_unknown(exc)
+            raise error from None
         return response
 
     def close(self) -> None:

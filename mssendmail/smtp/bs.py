@@ -49,7 +49,7 @@ import sys
 import threading
 
 from mssendmail.config import Config
-from mssendmail.errors import EX_OK, EX_TEMPFAIL, MssendmailError, exit_code
+from mssendmail.errors import EX_OK, EX_TEMPFAIL, MssendmailError
 from mssendmail.smtp.protocol import QueueHandler, Server, local_hostname
 from mssendmail.spool.layout import Spool
 
@@ -69,8 +69,7 @@ def main_bs(cfg: Config, stdin_fd: int = 0, stdout_fd: int = 1) -> int:
     except MssendmailError as exc:
         # The client waits for a greeting: tell it why there is none, too.
         _write_all(stdout_fd, f"421 4.3.0 mssendmail: {exc}\r\n".encode(errors="replace"))
-        print(f"mssendmail: {exc}", file=sys.stderr)
-        return exit_code(exc)
+        raise  # sendmail's main() reports it on stderr, with its exit code
     # A vanished client is an EPIPE for the output thread, which ends the session.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signum = asyncio.run(serve(handler, stdin_fd, stdout_fd))
@@ -113,7 +112,7 @@ async def serve(handler: QueueHandler, stdin_fd: int, stdout_fd: int) -> int | N
     writer = threading.Thread(target=_pump_out, args=(theirs, stdout_fd), daemon=True)
     reader.start()
     writer.start()
-    await loop.connect_accepted_socket(lambda: server, ours)
+    await loop.create_connection(lambda: server, sock=ours)
     await finished
     # Our end is closed, so the writer sees EOF once every reply is on stdout.
     if not stopped_by:

@@ -45,6 +45,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from mssendmail.errors import DataError, MssendmailError
+from mssendmail.smtp import aiosmtpd_compat
 from mssendmail.spool.layout import Spool
 from mssendmail.submission.writer import Submission, make_envelope
 
@@ -320,12 +321,12 @@ class Server(SMTP):
         session = self.session
         if arg is None or session is None or not session.host_name:
             return False  # aiosmtpd's own syntax and sequence replies apply
-        if self._auth_required and not session.authenticated:
+        if aiosmtpd_compat.auth_required(self) and not session.authenticated:
             return False  # 530 first: say nothing about addresses to strangers
-        rest = self._strip_command_keyword(keyword, arg)
+        rest = aiosmtpd_compat.strip_command_keyword(self, keyword, arg)
         if not rest:
             return False  # "501 Syntax: ..." from aiosmtpd
-        address, _params = self._getaddr(rest)
+        address, _params = aiosmtpd_compat.getaddr(self, rest)
         if address == "<>" and null_ok:
             return False  # the null sender of RFC 5321 4.5.5; queued as ""
         if address is not None and valid_address(address):
@@ -343,7 +344,7 @@ class Server(SMTP):
         """
         if self.session is None or self.session.ssl is not None:
             return bool(super().eof_received())
-        self._reader.feed_eof()
+        aiosmtpd_compat.feed_eof(self)
         return True  # keep our sending half open for the remaining replies
 
     async def handle_exception(self, error: Exception) -> str:
@@ -352,8 +353,7 @@ class Server(SMTP):
             # unfinished message is queued; end the session quietly.
             if self.transport is not None:
                 self.transport.close()
-            if self._handler_coroutine is not None:
-                self._handler_coroutine.cancel()
+            aiosmtpd_compat.cancel_session(self)
             return "421 4.4.2 End of input; closing"
         return str(await super().handle_exception(error))
 

@@ -62,7 +62,13 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mssendmail import config
 from mssendmail.argv import Parser
-from mssendmail.errors import EX_OK, EX_OSERR, ConfigError, MssendmailError, UsageError, exit_code
+from mssendmail.errors import (
+    EX_OK,
+    CannotListen,
+    ConfigError,
+    UsageError,
+    run_main,
+)
 from mssendmail.smtp.protocol import QueueHandler, Server, local_hostname
 from mssendmail.spool.layout import Spool
 
@@ -439,26 +445,21 @@ def setup_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Ctrl-C on a listener in the foreground is a normal stop, as SIGINT is.
+    return run_main(PROG, lambda: serve(args), on_interrupt=EX_OK)
+
+
+def serve(args: argparse.Namespace) -> int:
+    if args.hash_password is not None:
+        return hash_password_command(args.hash_password or None)
+    cfg = config.load(args.config)
+    sockets = activated_sockets()
+    conf = settings(cfg, sockets)
+    setup_logging()
     try:
-        if args.hash_password is not None:
-            return hash_password_command(args.hash_password or None)
-        cfg = config.load(args.config)
-        sockets = activated_sockets()
-        conf = settings(cfg, sockets)
-        setup_logging()
-        try:
-            asyncio.run(run(conf))
-        except OSError as exc:
-            print(
-                f"{PROG}: cannot listen: {exc}; free the port or change SMTPD_LISTEN",
-                file=sys.stderr,
-            )
-            return EX_OSERR
-    except MssendmailError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except KeyboardInterrupt:
-        return EX_OK
+        asyncio.run(run(conf))
+    except OSError as exc:
+        raise CannotListen(f"cannot listen: {exc}; free the port or change SMTPD_LISTEN") from exc
     return EX_OK
 
 

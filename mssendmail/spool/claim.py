@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mssendmail.spool.layout import ACTIVE, QUEUE, Spool
@@ -65,14 +66,20 @@ def claim(spool: Spool, queue_id: str, area: str) -> Claim | None:
     return held
 
 
-def recover(spool: Spool) -> list[str]:
-    """Put back into queue/ what dead workers left in active/."""
+def recover(spool: Spool, on_recover: Callable[[str], None] | None = None) -> list[str]:
+    """Put back into queue/ what dead workers left in active/.
+
+    on_recover(queue_id) runs under the lock, before the move: a crash in
+    between leaves the message in active/ for the next recovery.
+    """
     recovered = []
     for queue_id in spool.ids(ACTIVE):
         held = lock(spool, queue_id, ACTIVE)
         if held is None:
             continue  # a live worker holds it
         try:
+            if on_recover is not None:
+                on_recover(queue_id)
             spool.move(queue_id, ACTIVE, QUEUE)
             recovered.append(queue_id)
         except FileNotFoundError:

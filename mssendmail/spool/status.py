@@ -17,7 +17,11 @@ SENT_STATE = "sent"
 
 
 def is_sent(spool: Spool, queue_id: str) -> bool:
-    return os.path.lexists(spool.sent_path(queue_id)) or os.path.lexists(spool.path(SENT, queue_id))
+    # sent() renames sent/<id> to sent/<id>.json: look in that order, or the
+    # second rename can slip between the two looks and a sent message reads
+    # as unknown.
+    parked = os.path.lexists(spool.path(SENT, queue_id))
+    return parked or os.path.lexists(spool.sent_path(queue_id))
 
 
 def where(spool: Spool, queue_id: str) -> str | None:

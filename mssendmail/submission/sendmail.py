@@ -63,7 +63,7 @@ import sys
 
 from mssendmail import config as config_mod
 from mssendmail import errors
-from mssendmail.errors import DataError, MssendmailError, UsageError
+from mssendmail.errors import DataError, UsageError
 from mssendmail.submission import flags
 from mssendmail.submission.addresses import (
     HeaderCollector,
@@ -91,7 +91,7 @@ SIGNAL_NAMES: dict[int, str] = {
 HANDLED_SIGNALS = tuple(SIGNAL_NAMES)
 
 
-class Interrupted(MssendmailError):
+class Interrupted(errors.Interrupted):
     """A signal arrived before the message was committed; nothing was queued."""
 
 
@@ -294,7 +294,7 @@ def run(argv: list[str], prog: str, stdin_fd: int = 0) -> int:
         return list_queue(Spool(cfg.queue_dir))
     queue_id = submit(cfg, opts, stdin_fd)
     if opts.verbose:
-        _say(f"{prog}: queued as {queue_id}")
+        errors.say(f"{prog}: queued as {queue_id}")
     return 0
 
 
@@ -315,17 +315,9 @@ def flush(spool: Spool) -> int:
         lifted = None
     if lifted is not None:
         reason = "".join(c if c.isprintable() else "?" for c in lifted.reason[:200])
-        _say(f"mssendmail: delivery resumed: lifted the pause after: {reason}")
+        errors.say(f"mssendmail: delivery resumed: lifted the pause after: {reason}")
     spool.wake(flush=True)
     return 0
-
-
-def _say(line: str) -> None:
-    """One line on stderr, whatever the text holds."""
-    try:
-        os.write(2, (line.replace("\n", " ") + "\n").encode("utf-8", "backslashreplace"))
-    except OSError:
-        pass  # stderr closed: the exit status still tells
 
 
 def main(argv: list[str] | None = None, stdin_fd: int = 0) -> int:
@@ -340,7 +332,7 @@ def main(argv: list[str] | None = None, stdin_fd: int = 0) -> int:
         try:
             return _report(list(args[1:]), prog, stdin_fd)
         except Interrupted as exc:  # landed while another error was being reported
-            _say(f"{prog}: {exc}")
+            errors.say(f"{prog}: {exc}")
             return errors.EX_TEMPFAIL
     finally:
         # Pending (blocked) signals are discarded: they came after the commit.
@@ -352,18 +344,4 @@ def main(argv: list[str] | None = None, stdin_fd: int = 0) -> int:
 
 
 def _report(args: list[str], prog: str, stdin_fd: int) -> int:
-    try:
-        return run(args, prog, stdin_fd)
-    except Interrupted as exc:
-        _say(f"{prog}: {exc}")
-        return errors.EX_TEMPFAIL
-    except MssendmailError as exc:
-        _say(f"{prog}: {exc}")
-        return errors.exit_code(exc)
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        _say(f"{prog}: {exc.strerror or exc}{where}; check QUEUE_DIR and free disk space")
-        return errors.EX_TEMPFAIL
-    except Exception as exc:
-        _say(f"{prog}: internal error: {type(exc).__name__}: {exc}; please report this bug")
-        return errors.EX_SOFTWARE
+    return errors.run_main(prog, lambda: run(args, prog, stdin_fd))
