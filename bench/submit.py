@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/submit.py [--rounds 200] [--writers 50] [--per-writer 200]
                                      [--big-mb 100] [--only latency|concurrency|memory]
+                                     [--python .venv-py3.9/bin/python]
+
+--python runs the benchmark under another venv's interpreter (re-executing
+this script with it), so ``mssendmail``, its baseline and the bytecode all
+belong to that interpreter: one Python per run, never mixed.
 
 latency      median wall time of ``mssendmail -t -i < 4 KB message`` against
              ``python -I -c pass`` run by the same interpreter binary, the two
@@ -38,7 +43,7 @@ VENV_BIN = Path(sys.executable).parent
 MSSENDMAIL = str(VENV_BIN / "mssendmail")
 
 sys.path.insert(0, str(ROOT))
-from mssendmail import record  # noqa: E402
+from mssendmail.spool import record  # noqa: E402
 from mssendmail.spool.layout import MAILDROP, init_tree, is_id  # noqa: E402
 
 
@@ -220,12 +225,23 @@ def main() -> int:
     parser.add_argument("--per-writer", type=int, default=200)
     parser.add_argument("--big-mb", type=int, default=100)
     parser.add_argument("--only", choices=("latency", "concurrency", "memory"))
+    parser.add_argument("--python", help="a venv's python to run the benchmark with instead")
     args = parser.parse_args()
+    if args.python and os.path.abspath(args.python) != os.path.abspath(sys.executable):
+        rest: list[str] = []
+        argv = iter(sys.argv[1:])
+        for arg in argv:
+            if arg == "--python":
+                next(argv, None)  # and its value
+            elif not arg.startswith("--python="):
+                rest.append(arg)
+        os.execv(args.python, [args.python, os.path.abspath(__file__), *rest])
     compile_bytecode()
     base = tempfile.mkdtemp(prefix="mssendmail-bench-")
     results: list[bool] = []
     try:
-        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
+        where = f"python {sys.version.split()[0]} ({sys.executable})"
+        print(f"{where}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
         if args.only in (None, "latency"):
             ok, lines = bench_latency(base, args.rounds)
             results.append(ok)

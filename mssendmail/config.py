@@ -68,6 +68,9 @@ DEFAULTS: dict[str, str] = {
     "SENT_RETENTION": "7d",
     # Exactly once and mailbox protection (docs/delivery-safety.md).
     "SENT_ITEMS_DELAY": "5m",
+    "DAILY_RECIPIENT_LIMIT": "10000",
+    "MAILBOX_RATE": "",
+    "SENT_ITEMS": "keep",
     # SMTP listener (mssendmail-smtpd).
     "SMTPD_LISTEN": "127.0.0.1:2525",
     "SMTPD_TLS_CERT": "",

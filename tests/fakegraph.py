@@ -90,7 +90,7 @@ from dataclasses import asdict, dataclass, field, replace
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from email.utils import formatdate, getaddresses
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -878,7 +878,7 @@ class FakeGraph:
             )
         msg = BytesHeaderParser(policy=compat32).parsebytes(mime)
         fields = [str(v) for h in ("to", "cc", "bcc") for v in (msg.get_all(h) or [])]
-        addresses = [addr for _, addr in getaddresses(fields) if addr]
+        addresses = fakegraph_large.recipients(fields)
         if not addresses:
             return 400, "ErrorInvalidRecipients", "At least one recipient is not valid.", None
         for addr in addresses:

@@ -36,6 +36,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import inspect
 import json
 import re
 import secrets
@@ -146,6 +147,19 @@ class LargeState:
     def fail_put(self, n: int, fault: UploadFault) -> None:
         """Make the n-th PUT from now (1 = next) fail with fault."""
         self.put_faults[self.put_count + n] = fault
+
+
+# Graph's own address reading is unknown and lenient; the fake stands in with
+# email.utils in its non-strict mode, chosen on purpose: it is the one mode
+# every supported Python has (strict= came with 3.13, later security releases
+# of 3.9-3.12 and distribution backports such as Debian 12's 3.11.2), so the
+# fake answers alike everywhere.
+_NON_STRICT = {"strict": False} if "strict" in inspect.signature(getaddresses).parameters else {}
+
+
+def recipients(fields: list[str]) -> list[str]:
+    """The addresses of To/Cc/Bcc field values, as the fake Graph delivers to them."""
+    return [addr for _, addr in getaddresses(fields, **_NON_STRICT) if addr]
 
 
 def large_state(fake: FakeGraph) -> LargeState:
@@ -436,7 +450,7 @@ def _send(
         return 403
     msg = BytesHeaderParser(policy=compat32).parsebytes(draft.mime)
     fields = [str(v) for n in ("to", "cc", "bcc") for v in (msg.get_all(n) or [])]
-    addresses = [a for _, a in getaddresses(fields) if a]
+    addresses = recipients(fields)
     if not addresses or any(
         not (a.rpartition("@")[0] and "." in a.rpartition("@")[2]) for a in addresses
     ):

@@ -33,7 +33,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -63,7 +63,7 @@ class SentCopy:
     folder: str = "sentitems"  # sentitems | deleteditems
 
     def as_json(self, fields: list[str]) -> dict[str, Any]:
-        when = datetime.fromtimestamp(self.accepted, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = datetime.fromtimestamp(self.accepted, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         values = {
             "id": self.id,
             "internetMessageId": self.internet_message_id,

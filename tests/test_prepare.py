@@ -360,6 +360,22 @@ def test_display_name_with_at_sign_is_dropped() -> None:
     assert b"scan@" not in headers_of(rewritten).split(b"Reply-To")[0]
 
 
+def test_unreadable_address_headers_follow_the_projects_rules() -> None:
+    # The same answer on every Python: no email.utils guess at "a b c".
+    message = b"From: a b c\nTo: x y z\nSender: d e f\n\nx\n"
+    result = run(message, env("a@example.net"), cfg(ALLOWED_FROM="@example.org"))
+    msg = parsed(result)
+    assert result.mailbox == SENDER
+    assert msg["From"].addresses[0].addr_spec == SENDER
+    assert "Reply-To" not in msg and "Sender" not in msg
+    assert b"To: x y z\r\n" in result.mime  # kept as written; Graph reads it, not us
+    assert [w.split(":")[0] for w in result.warnings if "not readable" in w] == [
+        "To header not readable as addresses",
+        "From header not readable as addresses",
+        "Sender header not readable as addresses",
+    ]
+
+
 def test_from_with_several_addresses_is_not_a_mailbox() -> None:
     message = b"From: a@example.org, b@example.org\nSender: a@example.org\n\nx\n"
     result = run(message, env("x@example.net"), cfg(ALLOWED_FROM="@example.org"))

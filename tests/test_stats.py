@@ -109,6 +109,8 @@ def test_json_output(
         "paused_until",
         "pause_reason",
         "heartbeat",
+        "budgets",
+        "waiting",
         "mime_fixed",
     }
 

@@ -490,6 +490,11 @@ def installed() -> Iterator[Installed]:
 
 
 @pytest.mark.slow
+def test_install_says_which_python_and_why(installed: Installed) -> None:
+    out = installed.outputs[0].stdout
+    assert re.search(r"^install\.sh: using Python 3\.\d+\.\d+\S* at /\S+: \S", out, re.M), out
+
+
 def test_install_leaves_another_mta_alone_without_force(installed: Installed) -> None:
     first = installed.outputs[0]
     assert "/usr/sbin/sendmail belongs to another MTA" in first.stderr

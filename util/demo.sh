@@ -6,7 +6,7 @@
 #   bash util/demo.sh
 #
 # DESCRIPTION
-#   Needs only python3 (3.11+) with venv. Creates ./.venv with the project
+#   Needs only python3 (3.9+) with venv. Creates ./.venv with the project
 #   installed if it is not there yet, writes a config for the file transport
 #   (TRANSPORT=file) to ./demo/mssendmail.env, creates a private spool in
 #   ./demo/queue, pipes a message into `mssendmail -t` exactly as cron or PHP

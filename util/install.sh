@@ -12,7 +12,10 @@
 #      present, else useradd --system);
 #   2. installs SOURCE (this checkout by default, or a directory or wheel) into
 #      the venv PREFIX/venv (default /opt/mssendmail/venv) and links the
-#      console scripts into BINDIR (default /usr/local/bin);
+#      console scripts into BINDIR (default /usr/local/bin). The venv's
+#      Python is $PYTHON if set, else /usr/bin/python3, else the first python3
+#      on PATH, whichever is 3.9 or newer with venv; it says which and why,
+#      and refuses an older one in one line (exit 69);
 #   3. creates /etc/mssendmail/.env from the commented template, mode 0640
 #      root:mssendmail, and never overwrites an existing one;
 #   4. creates the spool /var/lib/mssendmail/queue with its modes
@@ -74,7 +77,8 @@ USER_NAME=mssendmail
 ALT_NAME=sendmail
 ALT_PRIORITY=50
 BACKUP_SUFFIX=.pre-mssendmail
-PY_OK='import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))'
+PY_NEW_ENOUGH='import sys; sys.exit(sys.version_info < (3, 9))'
+PY_HAS_VENV='import venv, ensurepip'
 
 FORCE=0
 SYSTEMD=1
@@ -154,22 +158,31 @@ parse_args() {
 	UNITDIR=$ROOT/etc/systemd/system
 }
 
+python_usable() { # python_usable PATH: Python 3.9+ with venv
+	"$1" -c "$PY_NEW_ENOUGH" 2>/dev/null && "$1" -c "$PY_HAS_VENV" 2>/dev/null
+}
+
 preflight() {
+	local why="PYTHON=${PYTHON:-} was given" candidate
 	if [ -z "${PYTHON:-}" ]; then
 		# The system's Python first: one under /root (pyenv, uv) or a home
 		# directory cannot be run by the users who submit mail.
-		local candidate
+		why="the distribution's python3, which every user can run"
 		for candidate in /usr/bin/python3 "$(command -v python3 || true)"; do
-			if [ -x "$candidate" ] && "$candidate" -c "$PY_OK" 2>/dev/null; then
+			if [ -x "$candidate" ] && python_usable "$candidate"; then
 				PYTHON=$candidate
 				break
 			fi
+			why="the first python3 on PATH: /usr/bin/python3 is missing, older than 3.9 or lacks venv"
 		done
-		[ -n "${PYTHON:-}" ] || die 69 "no Python 3.11 or newer with venv found; apt-get install python3 python3-venv, or set PYTHON=/path/to/python3"
+		[ -n "${PYTHON:-}" ] || die 69 "no Python 3.9 or newer with venv found; apt-get install python3 python3-venv (dnf install python3), or set PYTHON=/path/to/python3"
 	fi
 	command -v "$PYTHON" >/dev/null || die 69 "PYTHON=$PYTHON not found"
-	"$PYTHON" -c "$PY_OK" ||
-		die 69 "$("$PYTHON" -V 2>&1) at $PYTHON is too old or lacks venv; mssendmail needs Python 3.11 or newer (apt-get install python3-venv)"
+	"$PYTHON" -c "$PY_NEW_ENOUGH" ||
+		die 69 "$("$PYTHON" -V 2>&1) at $PYTHON is too old: mssendmail needs Python 3.9 or newer; set PYTHON=/path/to/python3.9+"
+	"$PYTHON" -c "$PY_HAS_VENV" 2>/dev/null ||
+		die 69 "$("$PYTHON" -V 2>&1) at $PYTHON lacks the venv module; apt-get install python3-venv, or set PYTHON=/path/to/python3"
+	say "using $("$PYTHON" -V 2>&1) at $PYTHON: $why"
 	[ -e "$SOURCE" ] || die 64 "SOURCE $SOURCE does not exist; give a checkout directory or a wheel"
 }
 

@@ -116,6 +116,9 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
 
             results.extend(check_roles(token))
             results.extend(safety.checks(cfg, spool, token))
+    from mssendmail.admin.safety import check_budget
+
+    results.extend(check_budget(spool))
     results.append(check_worker(spool))
     results.append(check_trigger(spool))
     paused = check_pause(spool, cfg=cfg)

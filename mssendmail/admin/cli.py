@@ -56,7 +56,7 @@ from collections.abc import Sequence
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from email.utils import formatdate, parseaddr
+from email.utils import formatdate
 from typing import Any, TextIO
 
 from mssendmail import __version__, config
@@ -66,6 +66,7 @@ from mssendmail.argv import Parser
 from mssendmail.errors import (
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
+    DataError,
     MssendmailError,
     NoSuchMessage,
     PermissionDenied,
@@ -75,6 +76,7 @@ from mssendmail.errors import (
 )
 from mssendmail.spool import meta, record, status
 from mssendmail.spool.layout import DEAD, DEFERRED, HOLD, MAILDROP, Spool, init_tree
+from mssendmail.submission.addresses import parse_address_list
 from mssendmail.submission.writer import Submission, make_envelope
 
 PROG = "mssendmail-queue"
@@ -450,7 +452,11 @@ def compose_test(address: str, now: float | None = None) -> bytes:
 
 def cmd_test(cfg: config.Config, spool: Spool, args: argparse.Namespace) -> int:
     address = args.address.strip()
-    _, addr = parseaddr(address)
+    try:
+        found = parse_address_list(address)
+    except DataError:
+        found = []
+    addr = found[0] if len(found) == 1 else ""
     if addr != address or "@" not in addr or not addr.isprintable() or " " in addr:
         raise UsageError(f"{args.address!r} is not an email address like user@example.com")
     with Submission(spool, cfg.max_message_size) as sub:

@@ -205,6 +205,9 @@ def message_row(spool: Spool, queue_id: str, area: str) -> Row:
     state_record = meta.read(spool, queue_id)
     row.attempts = meta.attempts(state_record)
     row.error_code, row.error = error_fields(state_record.get("last_error"))
+    wait = state_record.get("wait")  # budget or pacing (mssendmail.delivery.protection)
+    if area == DEFERRED and isinstance(wait, dict):
+        row.error_code, row.error = error_fields(wait)
     if area == DEFERRED:
         try:
             row.next_attempt = os.stat(path).st_mtime

@@ -69,3 +69,22 @@ def checks(cfg: Config, spool: Spool, token: str | None) -> list[Result]:
     if cleanup is not None:
         results.append(cleanup)
     return results
+
+
+def check_budget(spool: Spool, now: float | None = None) -> list[Result]:
+    """One line per mailbox that sent in the last 24 h: its share of the daily limit."""
+    import time
+
+    from mssendmail.spool import budget
+
+    now = time.time() if now is None else now
+    results = []
+    for mailbox, (used, limit) in sorted(budget.usage(spool, now).items()):
+        text = f"{printable(mailbox, 120)}: {used} of {limit} recipients in the last 24 h"
+        if limit > 0 and used >= limit:
+            results.append(Result(WARN, "budget", text + "; mail for it waits for the window"))
+        elif limit > 0 and used >= budget.WARN_AT * limit:
+            results.append(Result(WARN, "budget", text + "; over 80%, mail past it will wait"))
+        else:
+            results.append(Result(PASS, "budget", text))
+    return results

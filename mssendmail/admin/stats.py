@@ -52,6 +52,10 @@ class Stats:
     paused_until: float | None = None
     pause_reason: str | None = None
     heartbeat: float | None = None
+    # mailbox -> [recipients in the last 24 h, DAILY_RECIPIENT_LIMIT]
+    budgets: dict[str, list[int]] = field(default_factory=dict)
+    # why deferred mail waits without a failure: DailyRecipientLimit, MailboxRate
+    waiting: dict[str, int] = field(default_factory=dict)
     # MIME repairs (delivery/mime.py) of sent messages since the worker started.
     mime_fixed: dict[str, int] = field(default_factory=dict)
 
@@ -93,6 +97,7 @@ def collect(spool: Spool, now: float | None = None) -> Stats:
         stats.oldest_queued_age = max(0.0, now - oldest)
     _last_success(spool, sent, stats)
     _last_failure(spool, stats)
+    _limits(spool, stats, now)
     until = pause.queue_paused_until(spool)
     if until > now:
         stats.paused_until = until
@@ -158,9 +163,24 @@ def _last_failure(spool: Spool, stats: Stats) -> None:
             stats.last_failure_reason = printable(text, 300)
 
 
+def _limits(spool: Spool, stats: Stats, now: float) -> None:
+    """Budget use per mailbox (state/budget-*.json) and why deferred mail waits."""
+    from mssendmail.spool import budget
+
+    stats.budgets = {mb: [used, limit] for mb, (used, limit) in budget.usage(spool, now).items()}
+    for name in _listdir(spool, META):
+        queue_id = name[:-5]
+        if not (name.endswith(".json") and is_id(queue_id)):
+            continue
+        wait = meta.read_json(os.path.join(spool.dir(META), name)).get("wait")
+        if isinstance(wait, dict) and os.path.exists(spool.path(DEFERRED, queue_id)):
+            code = printable(wait.get("code", "?"), 40)
+            stats.waiting[code] = stats.waiting.get(code, 0) + 1
+
+
 def render(stats: Stats, now: float | None = None) -> list[str]:
     """The human view, within 80 columns."""
-    from mssendmail.admin.listing import human_delta, human_time, wrap
+    from mssendmail.admin.listing import human_delta, human_time, shorten, wrap
 
     now = time.time() if now is None else now
     counts = stats.counts
@@ -194,6 +214,13 @@ def render(stats: Stats, now: float | None = None) -> list[str]:
         lines.extend(
             wrap(f"PAUSED until {human_time(stats.paused_until)}: ", stats.pause_reason or "?", 2)
         )
+    for mailbox, (used, limit) in sorted(stats.budgets.items()):
+        share = f" ({100 * used // limit}%)" if limit > 0 else ""
+        lines.append(
+            shorten(f"budget:        {used}/{limit} recipients in 24 h{share} {mailbox}", 80)
+        )
+    for code, count in sorted(stats.waiting.items()):
+        lines.append(f"waiting:       {count} deferred by {code} (not failures)")
     if stats.heartbeat is None:
         lines.append("worker:        no heartbeat seen")
     else:
@@ -241,6 +268,7 @@ def prometheus(stats: Stats) -> str:
     ]
     for name, help_text, value in gauges:
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:.3f}"]
+    out += _limit_metrics(stats)
     if stats.mime_fixed:
         name = "mssendmail_mime_fixed_total"
         out += [
@@ -250,6 +278,37 @@ def prometheus(stats: Stats) -> str:
         ]
         out += [f'{name}{{fix="{k}"}} {v}' for k, v in sorted(stats.mime_fixed.items())]
     return "\n".join(out) + "\n"
+
+
+def _label(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _limit_metrics(stats: Stats) -> list[str]:
+    out = [
+        "# HELP mssendmail_recipients_24h Recipients handed to Graph per mailbox, rolling 24 h.",
+        "# TYPE mssendmail_recipients_24h gauge",
+    ]
+    out += [
+        f'mssendmail_recipients_24h{{mailbox="{_label(m)}"}} {u}'
+        for m, (u, _) in sorted(stats.budgets.items())
+    ]
+    out += [
+        "# HELP mssendmail_recipient_limit DAILY_RECIPIENT_LIMIT last applied per mailbox.",
+        "# TYPE mssendmail_recipient_limit gauge",
+    ]
+    out += [
+        f'mssendmail_recipient_limit{{mailbox="{_label(m)}"}} {lim}'
+        for m, (_, lim) in sorted(stats.budgets.items())
+    ]
+    out += [
+        "# HELP mssendmail_waiting Deferred messages waiting for a limit, not a failure.",
+        "# TYPE mssendmail_waiting gauge",
+    ]
+    out += [
+        f'mssendmail_waiting{{reason="{_label(c)}"}} {n}' for c, n in sorted(stats.waiting.items())
+    ]
+    return out
 
 
 def write_prometheus(stats: Stats, path: str) -> None:

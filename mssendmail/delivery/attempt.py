@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mssendmail.config import Config
-from mssendmail.delivery import idempotency, outcome
+from mssendmail.delivery import cleanup, idempotency, outcome, protection
 from mssendmail.delivery.mime import FixCounts
 from mssendmail.delivery.retry import backoff
 from mssendmail.errors import (
@@ -231,6 +231,10 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
         "submitted": envelope.get("time"),
     }
     handled = idempotency.before_send(ctx, held, state, prepared, record_info)
+    if handled is None:
+        handled = protection.before_send(
+            ctx, held, state, prepared.mailbox, len(prepared.recipients)
+        )
     if handled is not None:
         return Outcome(handled)
     attempt = meta.attempts(state) + 1
@@ -240,6 +244,7 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
         with ctx.gate.slot(prepared.mailbox):
             delivered = ctx.transport.send(prepared.mailbox, prepared.mime, qid)
     except DeliveryError as exc:
+        protection.after_failure(ctx, prepared.mailbox, len(prepared.recipients), exc)
         ms = int((time.monotonic() - started) * 1000)
         log.info(
             kv(
@@ -275,6 +280,7 @@ def _attempt(ctx: Context, held: Claim) -> Outcome:
         return Outcome.SENT
     ctx.mime_fixes.add(prepared.mime_fixed)
     pause.clear_queue_pause(spool)
+    cleanup.schedule(ctx, qid, prepared.mailbox, prepared.message_id, sent_at)
     return Outcome.SENT
 
 

@@ -121,7 +121,7 @@ def before_send(
     prepared: Prepared,
     record: dict[str, Any],
 ) -> str | None:
-    """ "sent" / "deferred" when the message was handled here, None to send it."""
+    """What happened: "sent" or "deferred" (handled here), or None to send it now."""
     unknown = state.get(UNKNOWN)
     if not isinstance(unknown, dict):
         return None
@@ -139,6 +139,9 @@ def before_send(
     if landed:
         log.info(kv(**_info(record), outcome="sent-earlier", how="draft" if draft_id else "lookup"))
         outcome.sent(ctx.spool, held, {**record, "sent": now, "outcome": "sent-earlier"})
+        from mssendmail.delivery import cleanup
+
+        cleanup.schedule(ctx, qid, mailbox, prepared.message_id, since)
         return "sent"
     ready = max(since, _number(unknown.get("time"), now)) + delay(ctx)
     if now < ready and not draft_id:

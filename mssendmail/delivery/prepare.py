@@ -48,13 +48,14 @@ from email.errors import HeaderParseError, MessageError
 from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.policy import SMTP
-from email.utils import formatdate, getaddresses, parseaddr, quote
+from email.utils import formatdate, quote
 from typing import Any
 
 from mssendmail.config import Config
 from mssendmail.delivery.aliases import AliasFile, Resolver
 from mssendmail.delivery.mime import check_charset, normalise
 from mssendmail.errors import ConfigError, DataError
+from mssendmail.submission.addresses import parse_address_list, parse_mailboxes
 
 CRLF = b"\r\n"
 FOLD_AT = 78
@@ -247,9 +248,19 @@ def clean_name(name: str | None) -> str:
     return _CONTROL.sub(" ", name or "").strip()
 
 
-def _addresses(value: str) -> list[tuple[str, str]]:
-    """(display name, address) pairs of an address-list header; group markers dropped."""
-    return [(name, addr) for name, addr in getaddresses([value]) if addr]
+def _addresses(value: str, header: str, warnings: list[str]) -> list[tuple[str, str]]:
+    """(display name, address) pairs of an address-list header; group markers dropped.
+
+    Read by the project's own rules (mssendmail.submission.addresses), not
+    email.utils, whose answers differ between Python patch releases. A field
+    it cannot read counts as holding no address, with a warning for the log:
+    To/Cc stay as written, From is rewritten, Sender and Bcc go.
+    """
+    try:
+        return parse_mailboxes(value)
+    except DataError as exc:
+        warnings.append(f"{header} header not readable as addresses: {exc}")
+        return []
 
 
 def _fold_list(header: str, items: list[str]) -> bytes:
@@ -307,7 +318,11 @@ def _check_envelope(envelope: Mapping[str, Any]) -> _Envelope:
     for rcpt in rcpts:
         rcpt = rcpt.strip()
         if "<" in rcpt or " " in rcpt:
-            rcpt = parseaddr(rcpt)[1]
+            try:
+                found = parse_address_list(rcpt)
+            except DataError:
+                found = []
+            rcpt = found[0] if len(found) == 1 else ""
         if rcpt:
             addresses.append(rcpt)
     return _Envelope(addresses, clean_name(full_name), float(when))
@@ -407,7 +422,7 @@ def _fix_recipient_headers(
     visible: dict[str, str] = {}
     for name in ("to", "cc"):
         for index in headers.find(name):
-            pairs = _addresses(headers.value(index))
+            pairs = _addresses(headers.value(index), name.capitalize(), warnings)
             if any(resolver.needs_resolving(addr) for _, addr in pairs):
                 pairs = [
                     (_decode_words(shown), resolved)
@@ -426,7 +441,7 @@ def _fix_recipient_headers(
             )
 
     for index in headers.find("bcc"):
-        for _, addr in _addresses(headers.value(index)):
+        for _, addr in _addresses(headers.value(index), "Bcc", warnings):
             for resolved in resolver.resolve(addr):
                 if resolved.lower() not in envelope:
                     warnings.append(f"Bcc recipient {resolved} is not in the envelope; removed")
@@ -448,7 +463,7 @@ def _fix_from(headers: _Headers, policy: Policy, env: _Envelope, warnings: list[
         warnings.append("several From headers; all but the first removed")
         for extra in froms[1:]:
             headers.fields[extra] = None
-    pairs = _addresses(headers.value(first))
+    pairs = _addresses(headers.value(first), "From", warnings)
     unique = {addr.lower() for _, addr in pairs}
     shown = clean_name(_decode_words(next((n for n, _ in pairs if n), "")))
     usable_name = shown if "@" not in shown else ""
@@ -472,7 +487,8 @@ def _fix_from(headers: _Headers, policy: Policy, env: _Envelope, warnings: list[
                     warnings.append(f"original From kept out of Reply-To: {exc}")
 
     for index in headers.find("sender"):
-        if {a.lower() for _, a in _addresses(headers.value(index))} != {mailbox.lower()}:
+        named = _addresses(headers.value(index), "Sender", warnings)
+        if {a.lower() for _, a in named} != {mailbox.lower()}:
             # Sender naming another mailbox makes Exchange check send-on-behalf rights.
             headers.fields[index] = None
             warnings.append("Sender header removed: it named a mailbox other than the one sending")

@@ -50,7 +50,7 @@ from typing import Any
 
 from mssendmail import __version__, config, logs
 from mssendmail.argv import Parser
-from mssendmail.delivery import affinity, idempotency, outcome, startup
+from mssendmail.delivery import affinity, cleanup, idempotency, outcome, startup
 from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.delivery.pickup import listing, pickup
 from mssendmail.errors import EX_TEMPFAIL, MssendmailError, exit_code, run_main
@@ -68,6 +68,7 @@ HEARTBEAT_FILE = "heartbeat.json"
 FLUSH_MIN_INTERVAL = 60.0
 SWEEP_INTERVAL = 600.0
 RECOVER_SECONDS = 60.0
+TIDY_SECONDS = 5.0  # how often due SENT_ITEMS=delete jobs are looked at
 ERROR_PAUSE = 10.0  # after an unexpected error (disk full, a bug): stop dispatching this long
 
 
@@ -108,6 +109,8 @@ class Worker:
         self.config_path: str | None = None
         self.verbose = False
         self.retired: list[Context] = []  # replaced by a reload; closed at exit
+        self.last_tidy = 0.0
+        self.tidying: Future[int] | None = None
 
     # -- wake-ups -------------------------------------------------------
     def open_trigger(self) -> None:
@@ -327,6 +330,7 @@ class Worker:
                 self.last_recover = now
                 self.housekeeping(now)
             self.step()
+            self.tidy_sent_items(now)
             # step() dispatched all it may; finished sends and pickups poke us.
             if self.wait(RESCAN_SECONDS):
                 self.flush_deferred(self.ctx.now())
@@ -353,6 +357,13 @@ class Worker:
             log.info(logs.kv(event="removed-temp", file=name))
         outcome.sweep_sent(self.spool, now)
 
+    def tidy_sent_items(self, now: float) -> None:
+        """SENT_ITEMS=delete: one clean-up round at a time, in a pool thread."""
+        if now - self.last_tidy < TIDY_SECONDS or not (self.tidying is None or self.tidying.done()):
+            return
+        self.last_tidy = now
+        self.tidying = self.pool.submit(cleanup.run_due, self.ctx)
+
     def run_once(self) -> int:
         self.housekeeping(self.ctx.now())
         self.heartbeat(self.ctx.now())
@@ -361,6 +372,8 @@ class Worker:
                 break
             self.wait(0.05)  # finished sends and pickups poke us
         self.drain_inflight()
+        while cleanup.run_due(self.ctx) >= cleanup.BATCH:  # SENT_ITEMS=delete jobs now due
+            pass
         self.sweep(self.ctx.now())
         now = self.ctx.now()
         if pause.queue_paused_until(self.spool) > now or self.stall_until > now:
@@ -441,6 +454,7 @@ def serve(args: argparse.Namespace) -> int:
     concurrency = startup.concurrency(cfg)
     cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
     ctx = build_context(cfg)
+    cleanup.enabled(ctx)  # SENT_ITEMS must be keep or delete: exit 78 now
     worker = Worker(ctx, concurrency, args.once)
     worker.config_path, worker.verbose = args.config, args.verbose
     lift_stale_pause(ctx)
