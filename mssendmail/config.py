@@ -52,6 +52,10 @@ DEFAULTS: dict[str, str] = {
     "AUTHORITY_HOST": "",
     "GRAPH_URL": "",
     "GRAPH_TIMEOUT": "120s",
+    # How to reach them (graph/network.py); unset: the standard variables.
+    "HTTPS_PROXY": "",
+    "NO_PROXY": "",
+    "CA_BUNDLE": "",
     # Delivery policy.
     "TRANSPORT": "graph",
     "OUTBOX_DIR": "",

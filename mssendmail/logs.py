@@ -39,6 +39,16 @@ def kv(**fields: object) -> str:
     return " ".join(parts)
 
 
+class ISOFormatter(logging.Formatter):
+    """asctime as ISO 8601 with milliseconds and the UTC offset: 2026-12-01T23:50:39.123+00:00."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        import datetime
+
+        when = datetime.datetime.fromtimestamp(record.created).astimezone()
+        return when.isoformat(timespec="milliseconds")
+
+
 def setup(log_dir: str | None, verbose: bool = False) -> None:
     root = logging.getLogger("mssendmail")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -46,10 +56,13 @@ def setup(log_dir: str | None, verbose: bool = False) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    # journald stamps each line itself; anywhere else (a container, a shell,
+    # OpenRC, nohup) the line must carry its own time.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    stderr.setFormatter(ISOFormatter(stamp + "%(levelname)s %(message)s"))
     root.addHandler(stderr)
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
         handler = logging.handlers.WatchedFileHandler(os.path.join(log_dir, LOG_NAME))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(ISOFormatter("%(asctime)s %(levelname)s %(message)s"))
         root.addHandler(handler)

@@ -64,7 +64,7 @@ def test_token_without_mail_send_is_a_plain_fail(
     assert "admin consent" in " ".join(lines[at : at + 3])
     assert max(len(line) for line in lines) <= 80
     # the WARNs: ReadWrite, Mail.ReadBasic.All (duplicates possible), trigger
-    assert lines[-1] == "check: 6 PASS, 3 WARN, 1 FAIL"
+    assert lines[-1] == "check: 7 PASS, 3 WARN, 1 FAIL"
     assert fake.secret not in out
     assert len(fake.token_requests) == 1
     # The check keeps its token in memory: no cache for the worker to trip over.
@@ -98,7 +98,7 @@ def test_everything_right_passes_and_exits_0(
     assert code == 0, out
     lines = out.splitlines()
     assert not any(line.startswith(("FAIL", "WARN")) for line in lines)
-    assert lines[-1] == "check: 10 PASS, 0 WARN, 0 FAIL"
+    assert lines[-1] == "check: 11 PASS, 0 WARN, 0 FAIL"  # + sender (issue 13)
     assert max(len(line) for line in lines) <= 80
 
 
@@ -208,6 +208,29 @@ def test_token_without_any_roles_warns_about_rbac_for_applications(
     assert line.startswith("WARN  Mail.Send: the token carries no application roles")
     assert "FAIL" not in out.split("check:")[0]
     assert code == 0
+
+
+def test_a_users_own_quick_start_spool_passes_while_a_mssendmail_user_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 finding 10: run as a normal user on a machine that has the
+    mssendmail user, the spool that user's own `init` made is in order."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the spool to another uid")
+    from mssendmail.spool.layout import init_tree
+
+    root = tmp_path / "q"
+    init_tree(str(root))
+    for path in [root, *root.iterdir()]:
+        mode = os.lstat(path).st_mode & 0o7777
+        os.chown(path, 4321, 4321, follow_symlinks=False)
+        os.chmod(path, mode)
+    monkeypatch.setattr(checks, "service_ids", lambda: (999, 995))
+    monkeypatch.setattr(checks.os, "geteuid", lambda: 4321)
+    monkeypatch.setattr(checks.os, "getegid", lambda: 4321)
+    assert checks.check_spool_modes(Spool(str(root))).status == checks.PASS
+    monkeypatch.setattr(checks.os, "geteuid", lambda: 0)  # root expects the service user
+    assert checks.check_spool_modes(Spool(str(root))).status == checks.FAIL
 
 
 def test_sent_items_lookup_permission_is_explained(

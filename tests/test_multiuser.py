@@ -35,6 +35,7 @@ import pytest
 
 from mssendmail.spool import record
 from mssendmail.spool.layout import MAILDROP, QUEUE, SERVICE_USER, init_tree
+from tests.conftest import note_created
 
 pytestmark = pytest.mark.root
 
@@ -59,8 +60,10 @@ def ensure_user(name: str, system: bool = False) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        cmd = ["useradd", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin"]
+        cmd = ["useradd", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"]
+        cmd += ["--shell", "/usr/sbin/nologin"]
         subprocess.run([*cmd, *(["--system"] if system else []), name], check=True)
+        note_created(name, existed_before=False)
         return pwd.getpwnam(name)
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from mssendmail import config
 from mssendmail.spool import layout as spool
+from tests.conftest import account_exists, note_created
 
 REPO = Path(__file__).resolve().parent.parent
 UTIL = REPO / "util"
@@ -189,7 +190,7 @@ def test_service_is_hardened(name: str) -> None:
 
 def test_both_services_share_the_same_hardening() -> None:
     def sandbox(name: str) -> dict[str, list[str]]:
-        skip = {"Type", "ExecStart", "TimeoutStartSec", "TimeoutStopSec", "Restart"}
+        skip = {"Type", "ExecStart", "ExecReload", "TimeoutStartSec", "TimeoutStopSec", "Restart"}
         return {
             k: v
             for k, v in unit_entries(name).items()
@@ -205,6 +206,7 @@ def test_units_run_the_worker_the_right_way() -> None:
     assert one(service, "Service.ExecStart") == "/usr/local/bin/mssendmail-worker"
     assert one(service, "Service.Restart") == "on-failure"
     assert one(service, "Service.RestartPreventExitStatus") == "78"
+    assert one(service, "Service.ExecReload") == "/bin/kill -HUP $MAINPID"  # SIGHUP: reload
     assert one(once, "Service.Type") == "oneshot"
     assert one(once, "Service.ExecStart") == "/usr/local/bin/mssendmail-worker --once"
     timer = unit_entries("mssendmail-worker.timer")
@@ -451,7 +453,9 @@ class Installed:
         return self.root / absolute.lstrip("/")
 
     def install(self, *flags: str) -> subprocess.CompletedProcess[str]:
+        had_user = account_exists(USER)
         result = run("bash", UTIL / "install.sh", "--root", self.root, *flags)
+        note_created(USER, had_user)
         self.outputs.append(result)
         assert result.returncode == 0, result.stdout + result.stderr
         return result
@@ -502,8 +506,13 @@ def test_install_with_force_moves_the_other_mta_aside(installed: Installed) -> N
     aside = installed.path("/usr/sbin/sendmail.pre-mssendmail")
     assert aside.read_text() == FAKE_MTA
     venv_sendmail = installed.path("/opt/mssendmail/venv/bin/mssendmail")
-    for mta in ("/usr/sbin/sendmail", "/usr/lib/sendmail", "/usr/bin/mailq"):
+    for mta in ("/usr/sbin/sendmail", "/usr/lib/sendmail", "/usr/bin/mailq", "/usr/bin/newaliases"):
         assert installed.path(mta).resolve() == venv_sendmail.resolve(), mta
+    # Debian maintainer scripts run newaliases (issue 13 finding 7): it must exist and exit 0.
+    ran = run(installed.path("/usr/bin/newaliases"))
+    assert ran.returncode == 0 and ran.stdout == ran.stderr == "", ran
+    # The service account has no home under /home, whoever created it first.
+    assert not __import__("pwd").getpwnam(USER).pw_dir.startswith("/home/")
     for name in ("mssendmail", "mssendmail-worker", "mssendmail-queue", "mssendmail-smtpd"):
         link = installed.path(f"/usr/local/bin/{name}")
         assert link.is_symlink() and link.resolve().exists(), name

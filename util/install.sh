@@ -20,7 +20,8 @@
 #      root:mssendmail, and never overwrites an existing one;
 #   4. creates the spool /var/lib/mssendmail/queue with its modes
 #      (`mssendmail-queue init`) and the log directory /var/log/mssendmail;
-#   5. points /usr/sbin/sendmail, /usr/lib/sendmail and /usr/bin/mailq at
+#   5. points /usr/sbin/sendmail, /usr/lib/sendmail, /usr/bin/mailq and
+#      /usr/bin/newaliases (a no-op that exits 0) at
 #      mssendmail, through update-alternatives where it exists. An existing
 #      MTA is left alone unless --force, which diverts it (dpkg-divert, or a
 #      rename to NAME.pre-mssendmail); uninstall.sh puts it back;
@@ -66,7 +67,9 @@ umask 022 # the venv must be readable by every local user who submits mail
 PROG=install.sh
 UTIL_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SCRIPTS=(mssendmail mssendmail-worker mssendmail-queue mssendmail-smtpd)
-MTA_LINKS=(/usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq)
+# newaliases: Debian maintainer scripts run it; ours exits 0 (the worker
+# re-reads ALIASES whenever the file changes, so there is nothing to build).
+MTA_LINKS=(/usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq /usr/bin/newaliases)
 UNITS=(mssendmail-worker.service mssendmail-worker-once.service mssendmail-worker.timer
 	mssendmail-worker.path)
 OPTIONAL_UNITS=(mssendmail-smtpd.service mssendmail-smtpd.socket) # installed, never enabled
@@ -185,7 +188,7 @@ preflight() {
 
 create_user() {
 	if getent passwd "$USER_NAME" >/dev/null; then
-		say "user $USER_NAME exists"
+		reuse_user
 		return
 	fi
 	if command -v systemd-sysusers >/dev/null; then
@@ -197,6 +200,28 @@ create_user() {
 	fi
 	getent passwd "$USER_NAME" >/dev/null || die 1 "could not create user $USER_NAME; create it by hand (useradd --system $USER_NAME) and run again"
 	say "created system user and group $USER_NAME"
+}
+
+reuse_user() { # an existing mssendmail user (an earlier install, or made by hand)
+	local home uid
+	home=$(getent passwd "$USER_NAME" | cut -d: -f6)
+	uid=$(id -u "$USER_NAME")
+	getent group "$USER_NAME" >/dev/null ||
+		warn "user $USER_NAME exists but group $USER_NAME does not; create it (groupadd --system $USER_NAME) and run again"
+	# A service account needs no home of its own under /home (useradd without
+	# --system made one there): point it at the spool's parent, as sysusers does.
+	case $home in
+	/home/*)
+		if usermod --home /var/lib/mssendmail "$USER_NAME" 2>/dev/null; then
+			say "user $USER_NAME exists; moved its home from $home to /var/lib/mssendmail (left $home in place)"
+		else
+			warn "user $USER_NAME has its home in $home; change it with: usermod --home /var/lib/mssendmail $USER_NAME"
+		fi
+		;;
+	*) say "user $USER_NAME exists (uid $uid, home $home); reused" ;;
+	esac
+	[ "$uid" -lt 1000 ] ||
+		warn "user $USER_NAME (uid $uid) is not a system user; that works, but a system account (useradd --system) is usual"
 }
 
 usable_by_everyone() { # can an unprivileged user start the venv's Python?
@@ -383,7 +408,8 @@ link_mta() {
 	if use_alternatives; then
 		update-alternatives --quiet --install /usr/sbin/sendmail "$ALT_NAME" "$target" "$ALT_PRIORITY" \
 			--slave /usr/lib/sendmail "$ALT_NAME-lib" "$target" \
-			--slave /usr/bin/mailq "$ALT_NAME-mailq" "$target"
+			--slave /usr/bin/mailq "$ALT_NAME-mailq" "$target" \
+			--slave /usr/bin/newaliases "$ALT_NAME-newaliases" "$target"
 		[ "$FORCE" = 0 ] || update-alternatives --quiet --set "$ALT_NAME" "$target"
 		say "linked ${MTA_LINKS[*]} to $target with update-alternatives ($ALT_NAME)"
 	else

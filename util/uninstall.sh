@@ -6,7 +6,8 @@
 #   util/uninstall.sh [--purge] [--prefix DIR] [--bindir DIR] [--mandir DIR] [--root DIR]
 #
 # DESCRIPTION
-#   Run as root. Stops and removes the systemd units, the sendmail/mailq links
+#   Run as root. Stops and removes the systemd units, stops a worker started
+#   by hand from the venv (SIGTERM: sends in flight finish), the sendmail/mailq links
 #   (restoring an MTA that install.sh --force moved aside), the console-script
 #   links, the venv, the man pages and the tmpfiles.d/sysusers.d/logrotate.d
 #   snippets.
@@ -29,7 +30,7 @@ set -euo pipefail
 
 PROG=uninstall.sh
 SCRIPTS=(mssendmail mssendmail-worker mssendmail-queue mssendmail-smtpd)
-MTA_LINKS=(/usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq)
+MTA_LINKS=(/usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq /usr/bin/newaliases)
 UNITS=(mssendmail-worker.service mssendmail-worker-once.service mssendmail-worker.timer
 	mssendmail-worker.path mssendmail-smtpd.service mssendmail-smtpd.socket)
 USER_NAME=mssendmail
@@ -146,6 +147,29 @@ restore_mta() {
 	done
 }
 
+stop_workers() { # a worker started by hand (no systemd) from this venv
+	local dir pid cmd stopped=() _
+	for dir in /proc/[0-9]*; do
+		pid=${dir#/proc/}
+		cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+		case $cmd in *"$VENV/bin/mssendmail-worker"* | *"$BINDIR/mssendmail-worker"*) ;; *) continue ;; esac
+		[ "$pid" != "$$" ] || continue
+		kill -TERM "$pid" 2>/dev/null && stopped+=("$pid")
+	done
+	[ ${#stopped[@]} -gt 0 ] || return 0
+	# SIGTERM lets the sends in flight finish (up to GRAPH_TIMEOUT).
+	for _ in $(seq 1 150); do
+		for pid in "${stopped[@]}"; do
+			# Gone, or a zombie its parent has not reaped yet: finished either way.
+			[ -d "/proc/$pid" ] && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] && break
+			pid=""
+		done
+		[ -n "$pid" ] || break
+		sleep 1
+	done
+	say "stopped mssendmail-worker (pid ${stopped[*]}) running from $VENV"
+}
+
 remove_program() {
 	local name
 	for name in "${SCRIPTS[@]}"; do
@@ -200,6 +224,7 @@ purge_or_keep() {
 main() {
 	parse_args "$@"
 	remove_units
+	stop_workers
 	restore_mta
 	remove_program
 	purge_or_keep

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from mssendmail.errors import DataError, MssendmailError, NoSuchMessage, SpoolError
-from mssendmail.spool import meta
+from mssendmail.spool import meta, status
 from mssendmail.spool.claim import Claim, lock
 from mssendmail.spool.layout import (
     ACTIVE,
@@ -29,10 +29,10 @@ from mssendmail.spool.layout import (
     HOLD,
     MAILDROP,
     QUEUE,
-    SENT,
     Spool,
     fsync_dir,
     is_id,
+    service_ids,
     unlink_quiet,
 )
 
@@ -69,6 +69,16 @@ def take(spool: Spool, queue_id: str, allowed: Iterable[str]) -> Claim:
     area = None
     for _ in range(LOCK_TRIES):
         area = spool.locate(queue_id)
+        if area == MAILDROP and MAILDROP not in allowed:
+            # Pickup may be a minute away (timer) or never come (worker
+            # stopped): do that one message's pickup step now, then act.
+            pick_up_one(spool, queue_id)
+            area = spool.locate(queue_id)
+            if area is None:
+                raise WrongState(
+                    f"message {queue_id} was not a valid submission and went to corrupt/; "
+                    "see the reason record there"
+                )
         if area is None:
             break
         if area not in allowed:
@@ -78,15 +88,38 @@ def take(spool: Spool, queue_id: str, allowed: Iterable[str]) -> Claim:
             return held
         time.sleep(0.05)
     if area is None:
-        # The worker's sent() renames active/<id> to sent/<id>, then to
-        # sent/<id>.json: look in that order, or the second rename can slip
-        # between the two looks and a sent message reads as unknown.
-        if os.path.lexists(spool.path(SENT, queue_id)) or os.path.exists(spool.sent_path(queue_id)):
+        if status.is_sent(spool, queue_id):
             raise WrongState(f"message {queue_id} was already sent; nothing to do")
         raise _no_such(queue_id)
     if area == ACTIVE:
         raise Busy(f"message {queue_id} is being sent right now; try again in a moment")
     raise Busy(f"message {queue_id} is busy (the worker holds it); try again in a moment")
+
+
+def pick_up_one(spool: Spool, queue_id: str) -> None:
+    """The worker's pickup step for one maildrop/ entry (same checks, same copy).
+
+    The copy must stay usable by the worker, which rewrites a sent message
+    in place: run by root it is given to the service user; run by a group
+    member it is made group-writable.
+    """
+    from mssendmail import config
+    from mssendmail.delivery.pickup import pickup
+
+    try:
+        max_size = config.load().max_message_size
+    except MssendmailError:
+        max_size = config.MAX_MESSAGE_SIZE_CAP
+    for picked in pickup(spool, max_size, names=[queue_id]):
+        path = spool.path(QUEUE, picked)
+        owner = service_ids() if os.geteuid() == 0 else None
+        try:
+            if owner is not None:
+                os.chown(path, *owner, follow_symlinks=False)
+            else:
+                os.chmod(path, 0o660)
+        except FileNotFoundError:
+            continue  # a running worker claimed it already
 
 
 def _wrong_state(
@@ -149,8 +182,6 @@ def requeue(spool: Spool, queue_id: str, now: float | None = None) -> Result:
 def hold(spool: Spool, queue_id: str, now: float | None = None) -> Result:
     """Put a queued, deferred or orphaned active message on hold: never sent, never expires."""
     now = time.time() if now is None else now
-    if spool.locate(queue_id) == MAILDROP:
-        raise Busy(f"message {queue_id} has not been picked up yet; try again in a second")
     held = take(spool, queue_id, (QUEUE, DEFERRED, ACTIVE, HOLD))
     try:
         if held.area == HOLD:

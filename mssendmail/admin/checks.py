@@ -1,13 +1,16 @@
 """The `mssendmail-queue check` checklist: is this setup able to deliver mail?
 
 Each check returns PASS, WARN or FAIL with one line saying what was seen
-and, when it is not PASS, what to do. In order: the config parses (unknown
-keys flagged), exactly one credential, the secrets file is not readable by
-everyone, the spool tree has the modes `init` gives it, a token can be
+and, when it is not PASS, what to do. In order: the config parses and its
+values are usable (unknown keys flagged), exactly one credential, SENDER
+and the address policy, the secrets file is not readable by everyone, the
+spool is usable and has the modes `init` gives it, LOG_DIR, a token can be
 acquired, the token's ``roles`` claim holds Mail.Send (FAIL without) and
 Mail.ReadWrite (WARN without: needed above ~3 MB), the worker's heartbeat
 is fresh, the trigger FIFO exists with its mode and has a reader, and the
-queue is not paused.
+queue is not paused. The config, credential, sender, spool and logs steps
+are the worker's start-up validation (delivery/startup.py), so when they
+pass the worker starts.
 
 The token is requested with an in-memory cache only: a check run as root
 must not leave a root-owned cache in state/ for the worker to trip over.
@@ -25,9 +28,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mssendmail.admin.listing import printable
 from mssendmail.config import Config, load
-from mssendmail.delivery import affinity
+from mssendmail.delivery import startup
 from mssendmail.delivery.limits import Limits
 from mssendmail.errors import EX_CONFIG, EX_OK, MssendmailError
 from mssendmail.spool import meta, pause
@@ -76,8 +78,9 @@ def fetch_token(cfg: Config) -> str:
     """A fresh Graph token for the configured credential (memory cache only)."""
     from mssendmail.graph.clouds import endpoints
     from mssendmail.graph.credentials import TokenProvider, select
+    from mssendmail.graph.network import settings
 
-    provider = TokenProvider(select(cfg), endpoints(cfg), None)
+    provider = TokenProvider(select(cfg), endpoints(cfg), None, network=settings(cfg))
     try:
         return provider.token()
     finally:
@@ -95,7 +98,7 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
     allowed = check_allowed_from(cfg)
     if allowed is not None:
         results.append(allowed)
-    graph = cfg.get("TRANSPORT").lower() == "graph"
+    graph = startup.is_graph(cfg)
     cred: Result | None = None
     if graph:
         cred = check_credentials(cfg)
@@ -108,9 +111,13 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
                 f"TRANSPORT={cfg.get('TRANSPORT')}: mail is not sent through Graph",
             )
         )
+    results.append(_step(cfg, "sender", startup.check_sender))
     results.append(check_secrets_file(cfg))
     spool = Spool(cfg.queue_dir)
-    results.append(check_spool_modes(spool))
+    access = _step(cfg, "spool", startup.check_spool)
+    results.append(access if access.status == FAIL else check_spool_modes(spool))
+    if cfg.log_dir:
+        results.append(_step(cfg, "logs", startup.check_log_dir))
     if cred is not None and cred.status == PASS:
         token_result, token = check_token(cfg, fetch)
         results.append(token_result)
@@ -124,7 +131,7 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
     results.extend(check_budget(spool))
     results.append(check_worker(spool))
     results.append(check_trigger(spool))
-    paused = check_pause(spool)
+    paused = check_pause(spool, cfg=cfg)
     if paused is not None:
         results.append(paused)
     return results
@@ -164,13 +171,8 @@ def check_config(cfg: Config) -> Result:
             return Result(FAIL, name, f"cannot read {cfg.path}; run as root")
         return Result(WARN, name, f"{cfg.path} does not exist; running on defaults and environment")
     try:
-        cfg.max_message_size  # noqa: B018 - validates the key
-        for key in ("RETRY_MIN", "RETRY_MAX", "MAX_AGE", "SENT_RETENTION"):
-            cfg.seconds(key)
-        cfg.integer("CONCURRENCY")
-        cfg.optional_int("MAX_ATTEMPTS")
+        startup.check_settings(cfg)
         Limits.from_config(cfg)
-        affinity.choose(cfg.get("WORKER_CPU"), os.sched_getaffinity(0), None)
     except MssendmailError as exc:
         return Result(FAIL, name, f"{cfg.path}: {exc}")
     unknown = cfg.unknown_keys()
@@ -181,16 +183,16 @@ def check_config(cfg: Config) -> Result:
     return Result(PASS, name, f"{cfg.path} parses, no unknown keys")
 
 
-def check_credentials(cfg: Config) -> Result:
-    from mssendmail.graph.credentials import select
-
+def _step(cfg: Config, name: str, step: startup.Step) -> Result:
+    """One of the worker's start-up steps as a check: its FAIL is why the worker exits 78."""
     try:
-        spec = select(cfg)
+        return Result(PASS, name, step(cfg))
     except MssendmailError as exc:
-        return Result(FAIL, "credential", str(exc))
-    where = f" for app {spec.client_id} in tenant {spec.tenant}" if spec.client_id else ""
-    kind = spec.kind.replace("_", " ")
-    return Result(PASS, "credential", f"exactly one credential: {kind}{where}")
+        return Result(FAIL, name, str(exc))
+
+
+def check_credentials(cfg: Config) -> Result:
+    return _step(cfg, "credential", startup.check_credential)
 
 
 def _mode_problem(path: str) -> str | None:
@@ -221,6 +223,9 @@ def check_spool_modes(spool: Spool) -> Result:
     name = "spool"
     expected = {spool.root: ROOT_MODE, **{spool.dir(a): m for a, m in DIR_MODES.items()}}
     owner = service_ids()
+    # As init does: run by root the tree belongs to the service user; a normal
+    # user's quick-start spool (init as that user) belongs to that user.
+    mine = (os.geteuid(), os.getegid()) if os.geteuid() != 0 else None
     wrong: list[str] = []
     for path, mode in expected.items():
         try:
@@ -232,7 +237,7 @@ def check_spool_modes(spool: Spool) -> Result:
             wrong.append(f"{path} is not a directory")
         elif stat.S_IMODE(st.st_mode) != mode:
             wrong.append(f"{path} mode {stat.S_IMODE(st.st_mode):04o}, want {mode:04o}")
-        elif owner is not None and (st.st_uid, st.st_gid) != owner:
+        elif owner is not None and (st.st_uid, st.st_gid) not in (owner, mine):
             wrong.append(f"{path} not owned by mssendmail:mssendmail")
     if wrong:
         more = f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""
@@ -244,16 +249,19 @@ def check_spool_modes(spool: Spool) -> Result:
 
 def check_token(cfg: Config, fetch: TokenFetcher) -> tuple[Result, str | None]:
     from mssendmail.graph.clouds import endpoints
+    from mssendmail.graph.network import settings
 
     name = "token"
+    via = ""
     try:
         host = endpoints(cfg).authority_host
+        via = settings(cfg).describe(host)  # which proxy and CA: the usual suspects
         started = time.monotonic()
         token = fetch(cfg)
     except MssendmailError as exc:
-        return Result(FAIL, name, str(exc)), None
+        return Result(FAIL, name, f"{exc} ({via})" if via else str(exc)), None
     ms = int((time.monotonic() - started) * 1000)
-    return Result(PASS, name, f"acquired from {host} in {ms} ms"), token
+    return Result(PASS, name, f"acquired from {host} in {ms} ms ({via})"), token
 
 
 def check_roles(token: str) -> list[Result]:
@@ -357,13 +365,24 @@ def check_trigger(spool: Spool) -> Result:
     return Result(PASS, name, f"{path} is a FIFO, mode {mode:04o}, a worker is listening")
 
 
-def check_pause(spool: Spool, now: float | None = None) -> Result | None:
+def check_pause(spool: Spool, now: float | None = None, cfg: Config | None = None) -> Result | None:
+    from mssendmail.admin import paused
+
     now = time.time() if now is None else now
-    until = pause.queue_paused_until(spool)
-    if until <= now:
+    found = pause.active(spool, now)
+    if found is None:
         return None
-    reason = printable(pause.current(spool).get("reason", "?"), 300)
-    return Result(FAIL, "delivery", f"paused for {int(until - now)}s more after: {reason}")
+    text = f"PAUSED {paused.describe(found, now)}; "
+    if cfg is not None and found.fingerprint:
+        from mssendmail.graph import fingerprint
+
+        if fingerprint.of(cfg) != found.fingerprint:
+            text += (
+                "the credential settings changed since: the worker lifts it when it starts "
+                "or reloads (systemctl reload mssendmail-worker), or run 'mssendmail-queue resume'"
+            )
+            return Result(FAIL, "delivery", text)
+    return Result(FAIL, "delivery", text + paused.HINT)
 
 
 def exit_status(results: list[Result]) -> int:

@@ -6,7 +6,8 @@ SYNOPSIS
     init                          create or repair the spool tree
     list [--state S,..|all] [--json]
     show ID [--body] [--json]     envelope, history, reason, headers
-    retry ID..|--all              make deferred mail due now
+    retry ID..|--all              make deferred mail due now (and lift a pause)
+    resume                        lift the delivery pause after fixing its cause
     requeue ID..|--all-dead       dead letters back to the queue, attempts reset
     hold ID.. / release ID..      held mail is never sent and never expires
     delete ID..|--all-dead|--older-than AGE [--state S] [--yes]
@@ -62,7 +63,7 @@ from typing import Any, TextIO
 
 from mssendmail import __version__, config
 from mssendmail.admin import actions as admin
-from mssendmail.admin import checks, listing, stats
+from mssendmail.admin import checks, listing, paused, stats
 from mssendmail.argv import Parser
 from mssendmail.errors import (
     EX_CANTCREAT,
@@ -77,8 +78,8 @@ from mssendmail.errors import (
     exit_code,
     run_main,
 )
-from mssendmail.spool import meta, record
-from mssendmail.spool.layout import DEAD, DEFERRED, MAILDROP, Spool, init_tree
+from mssendmail.spool import meta, record, status
+from mssendmail.spool.layout import DEAD, DEFERRED, HOLD, MAILDROP, Spool, init_tree
 from mssendmail.submission.addresses import parse_address_list
 from mssendmail.submission.writer import Submission, make_envelope
 
@@ -138,6 +139,7 @@ def build_parser() -> Parser:
     p = command("retry", "make deferred mail due now")
     p.add_argument("ids", nargs="*", metavar="ID", help="queue ids")
     p.add_argument("--all", action="store_true", help="every deferred message")
+    command("resume", "lift the delivery pause after fixing its cause")
     p = command("requeue", "dead letters back into the queue")
     p.add_argument("ids", nargs="*", metavar="ID", help="queue ids of dead letters")
     p.add_argument("--all-dead", action="store_true", help="every dead letter")
@@ -205,7 +207,11 @@ def cmd_list(spool: Spool, args: argparse.Namespace) -> int:
     if args.json:
         out(listing.json_lines(rows))
     else:
-        out(listing.render(rows, color=listing.use_color(sys.stdout)))
+        warning = paused.line(spool, time.time())
+        out(
+            ([warning] if warning else [])
+            + listing.render(rows, color=listing.use_color(sys.stdout))
+        )
     return 0
 
 
@@ -263,6 +269,7 @@ class Shown:
     sent_info: dict[str, Any]
     headers: list[tuple[str, str]]
     damage: str | None
+    pause: str | None = None  # why nothing is being sent, while the queue is paused
 
 
 def cmd_show(spool: Spool, args: argparse.Namespace) -> int:
@@ -292,7 +299,8 @@ def _gather(spool: Spool, row: listing.Row) -> Shown:
     sent_info = meta.read_json(spool.sent_path(row.id)) if row.state == "sent" else {}
     headers, damage = ([], None) if row.state == "sent" else _headers(spool, row)
     history = [h for h in state.get("history", []) if isinstance(h, dict)]
-    return Shown(row, history, reason, sent_info, headers, damage)
+    pause = paused.line(spool, time.time()) if row.state not in ("sent", DEAD, HOLD) else None
+    return Shown(row, history, reason, sent_info, headers, damage, pause)
 
 
 def _show_json(shown: Shown) -> dict[str, Any]:
@@ -313,11 +321,11 @@ def _show_state(shown: Shown, now: float) -> list[str]:
     nxt = listing.next_text(row, now)
     if row.state == DEFERRED:
         status += f", next attempt {listing.human_time(row.next_attempt)} ({nxt})"
-    return [
-        f"id:         {row.id}",
-        f"state:      {status}",
-        f"submitted:  {listing.human_time(row.submitted)}",
-    ]
+    lines = [f"id:         {row.id}", f"state:      {status}"]
+    if shown.pause:
+        lines.extend(listing.wrap("delivery:   ", shown.pause.removeprefix("delivery "), 12))
+    lines.append(f"submitted:  {listing.human_time(row.submitted)}")
+    return lines
 
 
 def _show_sent(shown: Shown, now: float) -> list[str]:
@@ -430,7 +438,20 @@ def _apply(spool: Spool, action: str, ids: list[str]) -> int:
 
 
 def cmd_retry(spool: Spool, args: argparse.Namespace) -> int:
-    return _apply(spool, "retry", _ids_for(spool, args, "all", (DEFERRED,)))
+    ids = _ids_for(spool, args, "all", (DEFERRED,))
+    # Nothing is retried while the queue is paused: asking to retry lifts it.
+    lifted = paused.lift(spool, time.time())
+    if lifted:
+        print(lifted)
+        if not ids:
+            return 0
+    return _apply(spool, "retry", ids)
+
+
+def cmd_resume(spool: Spool, args: argparse.Namespace) -> int:
+    lifted = paused.lift(spool, time.time())
+    print(lifted or "delivery is not paused; nothing to do")
+    return 0
 
 
 def cmd_requeue(spool: Spool, args: argparse.Namespace) -> int:
@@ -544,19 +565,21 @@ def wait_for(spool: Spool, queue_id: str, timeout: float) -> int:
     """Follow a message to sent (0), dead (69) or the timeout (75), reporting deferrals."""
     deadline = time.monotonic() + timeout
     reported = 0
+    told_pause = False
     while True:
-        if os.path.exists(spool.sent_path(queue_id)):
+        area = status.where(spool, queue_id)
+        if area == status.SENT_STATE:
+            # The record may still be being written: a parked sent/<id> is sent too.
             info = meta.read_json(spool.sent_path(queue_id))
             mailbox = listing.printable(info.get("mailbox", "?"), 80)
             print(f"sent as {mailbox} after {info.get('attempts', '?')} attempt(s)")
             return 0
-        area = spool.locate(queue_id)
         if area == DEAD:
             reason = meta.read_json(spool.reason_path(DEAD, queue_id))
             code, message = listing.error_fields(reason)
             print(f"dead: {reason.get('why', '?')}: {message or '?'} ({code or '-'})")
             return EX_UNAVAILABLE
-        if area is None and not os.path.exists(spool.sent_path(queue_id)):
+        if area is None:
             print("the message disappeared (deleted?)")
             return EX_UNAVAILABLE
         state = meta.read(spool, queue_id)
@@ -564,9 +587,15 @@ def wait_for(spool: Spool, queue_id: str, timeout: float) -> int:
             reported = meta.attempts(state)
             code, message = listing.error_fields(state.get("last_error"))
             out(listing.wrap(f"attempt {reported} failed, will retry: ", f"{message} ({code})", 2))
+        warning = paused.line(spool, time.time())
+        if warning and not told_pause:
+            told_pause = True
+            out(listing.wrap("", warning, 2))
         if time.monotonic() >= deadline:
             where = {MAILDROP: "waiting for pickup (is the worker running?)"}.get(area or "", area)
             print(f"still {where} after {int(timeout)}s; see 'mssendmail-queue show {queue_id}'")
+            if warning:  # the last line says why: nothing is sent while paused
+                out(listing.wrap("not sent because ", warning, 2))
             return EX_TEMPFAIL
         time.sleep(0.2)
 
@@ -616,6 +645,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "list": cmd_list,
         "show": cmd_show,
         "retry": cmd_retry,
+        "resume": cmd_resume,
         "requeue": cmd_requeue,
         "hold": cmd_hold,
         "release": cmd_release,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mssendmail.errors import PermissionDenied, SpoolError
-from mssendmail.spool import meta, record
+from mssendmail.spool import meta, record, status
 from mssendmail.spool.layout import (
     ACTIVE,
     DEAD,
@@ -194,9 +194,12 @@ def message_row(spool: Spool, queue_id: str, area: str) -> Row:
 
 
 def sent_row(spool: Spool, queue_id: str) -> Row | None:
+    """The row of a sent message; a sent one whose record is not written yet shows too."""
     info = meta.read_json(spool.sent_path(queue_id))
     if not info:
-        return None
+        if not status.is_sent(spool, queue_id):
+            return None
+        info = {"note": "sent; its record is being written"}
     size = info.get("size")
     attempts = info.get("attempts")
     return Row(

@@ -396,8 +396,15 @@ def _failed(
 
 
 def _pause_queue(ctx: Context, held: Claim, exc: DeliveryError) -> Outcome:
+    from mssendmail.graph import fingerprint
+
     until = pause.pause_queue(
-        ctx.spool, ctx.now(), _describe(exc), ctx.policy.retry_min, ctx.policy.retry_max
+        ctx.spool,
+        ctx.now(),
+        _describe(exc),
+        ctx.policy.retry_min,
+        ctx.policy.retry_max,
+        fingerprint.of(ctx.cfg),
     )
     log.error(
         kv(

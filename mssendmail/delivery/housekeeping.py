@@ -45,4 +45,7 @@ class Housekeeping:
         if now - self.last_sweep < SWEEP_INTERVAL:
             return
         self.last_sweep = now
-        self.spool.expire(SENT, self.cfg.seconds("SENT_RETENTION"), now)
+        try:
+            self.spool.expire(SENT, self.cfg.seconds("SENT_RETENTION"), now)
+        except OSError as exc:  # the spool went away under us: say so, keep running
+            log.error(logs.kv(event="sweep-error", dir=self.spool.dir(SENT), error=exc.strerror))

@@ -16,6 +16,8 @@ DESCRIPTION
     every second, and on SIGTERM stops taking new work, gives in-flight sends
     STOP_GRACE (5 s) to finish, and exits 0. Messages it could not finish stay
     queued (or claimed in active/, recovered at the next start).
+    SIGHUP re-reads the config (reload.py): sends in flight finish with the old
+    one; a config that does not load keeps the old one and logs one line.
 
 SECURITY
     Runs as the mssendmail user. Reads the secrets in the config; writes
@@ -25,7 +27,8 @@ SECURITY
 EXIT STATUS
     0   every due message was handled (sent, deferred or dead-lettered)
     75  delivery is paused by a credential or network problem (--once)
-    78  the configuration is unusable
+    78  the configuration is unusable, or QUEUE_DIR or LOG_DIR is (see
+        startup.py: the same checks as `mssendmail-queue check`)
 
 FILES
     /etc/mssendmail/.env, QUEUE_DIR (default /var/lib/mssendmail/queue),
@@ -48,13 +51,13 @@ from typing import Any
 
 from mssendmail import __version__, config, logs
 from mssendmail.argv import Parser
-from mssendmail.delivery import affinity, cleanup, fairness, heartbeat, protection
+from mssendmail.delivery import affinity, cleanup, fairness, heartbeat, protection, startup
 from mssendmail.delivery.attempt import Context, Outcome, RetryPolicy, deliver
 from mssendmail.delivery.gate import MailboxGate
 from mssendmail.delivery.housekeeping import Housekeeping
 from mssendmail.delivery.pickup import maildrop_names, pickup
 from mssendmail.delivery.skips import SkipList, Stalled, describe
-from mssendmail.errors import EX_TEMPFAIL, ConfigError, MssendmailError, exit_code, run_main
+from mssendmail.errors import EX_TEMPFAIL, MssendmailError, exit_code, run_main
 from mssendmail.spool import pause
 from mssendmail.spool.layout import (
     DEFERRED,
@@ -119,6 +122,10 @@ class Worker:
         self.outcomes: dict[Outcome, int] = {o: 0 for o in Outcome}
         self.unfinished = 0  # in-flight work abandoned at STOP_GRACE after SIGTERM
         self.network_failures = 0
+        self.reload_asked = threading.Event()  # SIGHUP
+        self.config_path: str | None = None
+        self.verbose = False
+        self.retired: list[Context] = []  # replaced by a reload; closed at exit
         self.last_tidy = 0.0
         self.tidying: Future[int] | None = None
 
@@ -174,10 +181,13 @@ class Worker:
         return items
 
     def flush_deferred(self, now: float) -> None:
-        """sendmail -q: make deferred mail due now, at most once a minute."""
+        """sendmail -q: make deferred mail due now and lift a pause, at most once a minute."""
         if now - self.last_flush < FLUSH_MIN_INTERVAL:
             return
         self.last_flush = now
+        lifted = pause.lift(self.spool, now)
+        if lifted is not None:
+            log.info(logs.kv(event="pause-lifted", why="sendmail -q", reason=lifted.reason))
         for qid in self.spool.ids(DEFERRED):
             try:
                 self.spool.set_due(qid, now)
@@ -345,6 +355,9 @@ class Worker:
     def run_service(self) -> int:
         self.open_trigger()
         while not self.stopping.is_set():
+            if self.reload_asked.is_set():
+                self.reload_asked.clear()
+                self.reload()
             now = self.ctx.now()
             heartbeat.beat(self.spool, now, self.once, len(self.inflight), **self._beat_extra())
             self.housekeeping.tick(now)
@@ -355,6 +368,20 @@ class Worker:
                 self.flush_deferred(self.ctx.now())
         self.drain_inflight()
         return 0
+
+    def reload(self) -> None:
+        """SIGHUP: a new context for new attempts; sends in flight keep the old one."""
+        from mssendmail.delivery.reload import reload
+
+        fresh = reload(self.ctx, self.config_path, self.verbose)
+        if fresh is not None:
+            self.retired.append(self.ctx)
+            self.ctx = fresh
+            self.housekeeping.cfg = fresh.cfg
+
+    def close(self) -> None:
+        for ctx in [*self.retired, self.ctx]:
+            ctx.transport.close()
 
     def tidy_sent_items(self, now: float) -> None:
         """SENT_ITEMS=delete: one clean-up round at a time, in a pool thread."""
@@ -400,13 +427,24 @@ class Worker:
         self.reap()
 
 
-def build_context(cfg: config.Config) -> Context:
+def lift_stale_pause(ctx: Context) -> None:
+    """A pause that other credential settings caused ends now: the admin fixed them."""
+    from mssendmail.graph import fingerprint
+
+    lifted = pause.lift_if_changed(ctx.spool, ctx.now(), fingerprint.of(ctx.cfg))
+    if lifted is not None:
+        log.info(
+            logs.kv(event="pause-lifted", why="credential settings changed", reason=lifted.reason)
+        )
+
+
+def build_context(cfg: config.Config, gate: MailboxGate | None = None) -> Context:
     from mssendmail.delivery.notice_hook import notifier
 
     spool = Spool(cfg.queue_dir)
     transport = from_config(cfg)
     return Context(
-        gate=MailboxGate(spool.dir(STATE), in_flight=cfg.integer("CONCURRENCY")),
+        gate=gate or MailboxGate(spool.dir(STATE), in_flight=cfg.integer("CONCURRENCY")),
         spool=spool,
         cfg=cfg,
         transport=transport,
@@ -454,25 +492,29 @@ def serve(args: argparse.Namespace) -> int:
     # files it creates are never world-readable.
     os.umask(0o027)
     cfg = config.load(args.config)
+    # The same steps as `mssendmail-queue check`: one line and 78, not a traceback.
+    startup.validate(cfg)
     logs.setup(cfg.log_dir, args.verbose)
-    concurrency = cfg.integer("CONCURRENCY")
-    if not 1 <= concurrency <= 64:
-        raise ConfigError("CONCURRENCY must be between 1 and 64")
-    from mssendmail.delivery.prepare import policy_for
-
-    policy_for(cfg)  # SENDER, ALLOWED_FROM, ALIASES: fail now (78), not per message
+    concurrency = startup.concurrency(cfg)
     cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
     ctx = build_context(cfg)
     cleanup.enabled(ctx)  # SENT_ITEMS must be keep or delete: exit 78 now
     protection.validate(ctx)  # MAILBOX_RATE, DAILY_RECIPIENT_LIMIT
     worker = Worker(ctx, concurrency, args.once)
+    worker.config_path, worker.verbose = args.config, args.verbose
+    lift_stale_pause(ctx)
 
     def stop(signum: int, frame: Any) -> None:
         worker.stopping.set()
         worker.poke()
 
+    def reload(signum: int, frame: Any) -> None:
+        worker.reload_asked.set()
+        worker.poke()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)  # --once ignores it: it reads the config anyway
     log.info(
         logs.kv(
             event="start",
@@ -489,7 +531,7 @@ def serve(args: argparse.Namespace) -> int:
         log.error(logs.kv(event="stopped", error=str(exc)))
         code = exit_code(exc)
     finally:
-        ctx.transport.close()
+        worker.close()
     log.info(logs.kv(event="stop", **{o.value: n for o, n in worker.outcomes.items()}))
     if worker.unfinished:
         log.warning(logs.kv(event="stop-timeout", unfinished=worker.unfinished, grace=STOP_GRACE))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 import os
@@ -61,9 +62,10 @@ from mssendmail.errors import (
 from mssendmail.graph import msal_compat
 from mssendmail.graph.classify import classify_token_error, network_error, one_line
 from mssendmail.graph.clouds import Endpoints, endpoints
+from mssendmail.graph.network import Network, from_environment, settings
 from mssendmail.logs import kv
 from mssendmail.spool import layout as spool
-from mssendmail.spool.layout import HTTP_CACHE_FILE, TOKEN_CACHE_FILE
+from mssendmail.spool.layout import CREDENTIAL_FILE, HTTP_CACHE_FILE, TOKEN_CACHE_FILE
 from mssendmail.spool.layout import MSAL_LOCK_FILE as LOCK_FILE
 
 log = logging.getLogger("mssendmail.graph.credentials")
@@ -242,19 +244,33 @@ def token_claims(token: str) -> dict[str, Any]:
 
 
 class _TimeoutSession(requests.Session):
-    """requests has no session-wide timeout; msal's managed identity calls pass none."""
+    """requests has no session-wide timeout; msal's managed identity calls pass none.
+
+    It also applies HTTPS_PROXY/NO_PROXY/CA_BUNDLE (graph/network.py) to every
+    request msal makes, per URL (discovery and token endpoints may differ).
+    """
+
+    def __init__(self, network: Network | None = None) -> None:
+        super().__init__()
+        self.network = network or from_environment()
+        self.verify = self.network.verify
+        self.trust_env = False  # the environment was read once, into network
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = TOKEN_TIMEOUT
+        if kwargs.get("proxies") is None:
+            text = url.decode() if isinstance(url, bytes) else url
+            kwargs["proxies"] = self.network.proxies_for(text)
         return super().request(method, url, *args, **kwargs)
 
 
 class _StateStore:
     """The msal caches on disk: JSON, 0600, atomic writes, one flock for both files."""
 
-    def __init__(self, directory: str | None) -> None:
+    def __init__(self, directory: str | None, fingerprint: str = "") -> None:
         self.directory = directory
+        self.fingerprint = fingerprint
         self.lock: Any = None
         self._warned = False
         self._last_http: bytes = b""
@@ -306,6 +322,7 @@ class _StateStore:
 
     def load(self, token_cache: Any, http_cache: dict[str, Any]) -> None:
         """Replace both in-memory caches with the disk copy (another worker may have refreshed)."""
+        self._drop_if_other_credential()
         text = self._read(TOKEN_CACHE_FILE)
         if text:
             try:
@@ -323,6 +340,20 @@ class _StateStore:
             self._last_http = text.encode()
             http_cache.clear()
             http_cache.update(_http_cache_from_json(text))
+
+    def _drop_if_other_credential(self) -> None:
+        """Forget tokens that other credential settings fetched (a changed secret or
+        certificate): the next token must come from the identity platform and so
+        prove the new credential, not ride on a cached token for up to an hour."""
+        if not self.fingerprint:
+            return
+        assert self.directory is not None
+        if (self._read(CREDENTIAL_FILE) or "").strip() == self.fingerprint:
+            return
+        spool.unlink_quiet(os.path.join(self.directory, TOKEN_CACHE_FILE))
+        path = os.path.join(self.directory, CREDENTIAL_FILE)
+        spool.write_atomic(path, self.fingerprint.encode() + b"\n", 0o600)
+        log.info(kv(event="token-cache-dropped", reason="credential settings changed"))
 
     def save(self, token_cache: Any, http_cache: dict[str, Any]) -> None:
         assert self.directory is not None
@@ -413,25 +444,36 @@ class TokenProvider:
         state_dir: str | None = None,
         *,
         app_factory: Callable[[CredentialSpec, Endpoints, Any, dict[str, Any]], Any] | None = None,
+        fingerprint: str = "",
+        network: Network | None = None,
     ) -> None:
         import msal
 
         self.spec = spec
         self.endpoints = ends
-        self._app_factory = app_factory or build_app
+        self._app_factory = app_factory or functools.partial(build_app, network=network)
         self._lock = threading.Lock()
         self._app: Any = None
         self._cache = msal.SerializableTokenCache()
         self._http_cache: dict[str, Any] = {}
-        self._store = _StateStore(state_dir)
+        self._store = _StateStore(state_dir, fingerprint)
         self._current: tuple[str, float] | None = None  # (token, reuse until)
         self.fetches = 0  # tokens obtained from the identity platform (for tests and logs)
 
     @classmethod
     def from_config(cls, cfg: Config) -> TokenProvider:
         """Validate the credential now (ConfigError); talk to the network only on first use."""
+        from mssendmail.graph import fingerprint
+
         spec = select(cfg)
-        return cls(spec, endpoints(cfg), spool.Spool(cfg.queue_dir).dir(spool.STATE))
+        state = spool.Spool(cfg.queue_dir).dir(spool.STATE)
+        return cls(
+            spec,
+            endpoints(cfg),
+            state,
+            fingerprint=fingerprint.of(cfg),
+            network=settings(cfg),
+        )
 
     def __repr__(self) -> str:
         return f"TokenProvider(kind={self.spec.kind}, authority={self.endpoints.authority_host})"
@@ -554,11 +596,17 @@ def _msal_exception(exc: Exception) -> DeliveryError:
     )
 
 
-def build_app(spec: CredentialSpec, ends: Endpoints, cache: Any, http_cache: dict[str, Any]) -> Any:
+def build_app(
+    spec: CredentialSpec,
+    ends: Endpoints,
+    cache: Any,
+    http_cache: dict[str, Any],
+    network: Network | None = None,
+) -> Any:
     """The msal client for a credential; may do network I/O (authority discovery)."""
     import msal
 
-    session = _TimeoutSession()
+    session = _TimeoutSession(network)
     if spec.kind == "managed_identity":
         identity: Any
         if spec.identity.lower() == "system":

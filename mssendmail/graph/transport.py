@@ -41,6 +41,7 @@ from mssendmail.delivery.limits import Limits
 from mssendmail.errors import ConfigurationFailure
 from mssendmail.graph.classify import classify_http, mark_unknown, network_error, network_unknown
 from mssendmail.graph.clouds import endpoints
+from mssendmail.graph.network import Network, from_environment
 from mssendmail.transport import Delivered
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class GraphTransport:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         pool_size: int = 8,
+        network: Network | None = None,
     ) -> None:
         self.tokens = tokens
         self.graph_url = graph_url.rstrip("/")
@@ -88,18 +90,23 @@ class GraphTransport:
         )
         self.session.mount("https://", self.adapter)
         self.session.headers["User-Agent"] = USER_AGENT
-        # Read the environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE,
-        # ~/.netrc) once: with trust_env requests re-reads it on every
-        # request, a third of the worker's CPU per message in bench/drain.
-        settings = self.session.merge_environment_settings(self.graph_url, {}, None, None, None)
-        self.session.proxies.update(settings.get("proxies") or {})
-        self.verify: bool | str = settings.get("verify") or True
+        # HTTPS_PROXY, NO_PROXY and CA_BUNDLE (or the environment), read once:
+        # with trust_env requests re-reads the environment on every request,
+        # a third of the worker's CPU per message in bench/drain.
+        if network is None:
+            network = from_environment()
+        self.network = network
+        self.session.proxies.update(
+            {k: v for k, v in network.proxies_for(self.graph_url).items() if v}
+        )
+        self.verify: bool | str = network.verify
         self.session.verify = self.verify
         self.session.trust_env = False
 
     @classmethod
     def from_config(cls, cfg: Config) -> GraphTransport:
         from mssendmail.graph.credentials import TokenProvider
+        from mssendmail.graph.network import settings
 
         ends = endpoints(cfg)
         tokens = TokenProvider.from_config(cfg)
@@ -109,6 +116,7 @@ class GraphTransport:
             ends.graph_url,
             timeout=cfg.seconds("GRAPH_TIMEOUT") or DEFAULT_TIMEOUT,
             pool_size=max(concurrency, 1) * 2,
+            network=settings(cfg),
         )
         transport.max_requests = Limits.from_config(cfg).graph_requests
         return transport

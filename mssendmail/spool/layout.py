@@ -57,6 +57,8 @@ SENTITEMS_DENIED_FILE = "sentitems-lookup.json"  # the last 403 of a Sent Items 
 TOKEN_CACHE_FILE = "msal-token-cache.json"  # noqa: S105 (a file name)
 HTTP_CACHE_FILE = "msal-http-cache.json"
 MSAL_LOCK_FILE = "msal.lock"
+# The fingerprint of the credential settings that filled the token cache.
+CREDENTIAL_FILE = "msal-credential.txt"
 
 # Entry names beside a message: sent/<id>.json, meta/<id>.json, dead/<id>.reason.json.
 RECORD_SUFFIX = ".json"

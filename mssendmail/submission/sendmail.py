@@ -18,8 +18,10 @@ DESCRIPTION
     The message is stored byte for byte; the worker adds Date:, Message-ID:,
     removes Bcc: and resolves local names. The flag table is in flags.py.
     Called as ``mailq`` it lists the queue (-bp); as ``newaliases`` (-bi) it
-    does nothing. -q wakes the worker to retry deferred mail; it needs no
-    secrets. -v prints the queue id on stderr; success prints nothing.
+    does nothing. -q wakes the worker to retry deferred mail and to lift a
+    delivery pause; it needs no secrets. Run by root or group mssendmail,
+    -q lifts the pause itself and says so on stderr. -v prints the queue id
+    on stderr; success prints nothing.
 
 READS/WRITES
     stdin, streamed in chunks (never held in memory), into
@@ -288,13 +290,34 @@ def run(argv: list[str], prog: str, stdin_fd: int = 0) -> int:
     from mssendmail.spool.layout import Spool
 
     if opts.mode == "flush":
-        Spool(cfg.queue_dir).wake(flush=True)
-        return 0
+        return flush(Spool(cfg.queue_dir))
     if opts.mode == "list":
         return list_queue(Spool(cfg.queue_dir))
     queue_id = submit(cfg, opts, stdin_fd)
     if opts.verbose:
         errors.say(f"{prog}: queued as {queue_id}")
+    return 0
+
+
+def flush(spool: Spool) -> int:
+    """-q: lift a pause if we may (root, group mssendmail), then ask for a flush.
+
+    Others cannot write state/; the worker lifts the pause on their flush
+    request instead (rate-limited, so no one can make it hammer the token
+    endpoint with a bad secret).
+    """
+    import time
+
+    from mssendmail.spool import pause
+
+    try:
+        lifted = pause.lift(spool, time.time())
+    except OSError:
+        lifted = None
+    if lifted is not None:
+        reason = "".join(c if c.isprintable() else "?" for c in lifted.reason[:200])
+        errors.say(f"mssendmail: delivery resumed: lifted the pause after: {reason}")
+    spool.wake(flush=True)
     return 0
 
 
