@@ -139,6 +139,19 @@ def base_tree(rev: str) -> Path:
     return path
 
 
+def record(report: str) -> None:
+    """Add the report at the end of the "## Exactly once" section of bench/RESULTS.md."""
+    path = ROOT / "bench" / "RESULTS.md"
+    text = path.read_text()
+    start = text.find("\n## Exactly once\n")
+    if start < 0:
+        text += "\n## Exactly once\n"
+        start = text.find("\n## Exactly once\n")
+    end = text.find("\n## ", start + 1)
+    end = len(text) if end < 0 else end
+    path.write_text(text[:end].rstrip("\n") + "\n\n" + report + "\n" + text[end:])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=1000)
@@ -186,8 +199,7 @@ def main() -> int:
     report = "\n".join(lines)
     print(report)
     if not args.no_record:
-        with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
-            fh.write("\n" + report + "\n")
+        record(report)
     ok = results[0]["twice"] == 0 and all(r["lost"] == 0 and r["left"] == 0 for r in results)
     return 0 if ok else 1
 

@@ -62,6 +62,13 @@ DEFAULTS: dict[str, str] = {
     "MAX_ATTEMPTS": "",
     "DEAD_LETTER_NOTIFY": "",
     "SENT_RETENTION": "7d",
+    # Per-message limits (mssendmail.delivery.limits): over one = dead letter naming it.
+    "MAX_ATTACHMENTS": "250",
+    "MAX_MIME_PARTS": "1000",
+    "MAX_MIME_DEPTH": "20",
+    "MAX_HEADER_RECIPIENTS": "1000",
+    "MAX_GRAPH_REQUESTS": "500",
+    "MAX_QUEUED_PER_USER": "",
     # Exactly once and mailbox protection (docs/delivery-safety.md).
     "SENT_ITEMS_DELAY": "5m",
     "DAILY_RECIPIENT_LIMIT": "10000",
@@ -73,9 +80,14 @@ DEFAULTS: dict[str, str] = {
     "SMTPD_TLS_KEY": "",
     "SMTPD_USERS_FILE": "",
     "SMTPD_MAX_CLIENTS": "20",
+    "SMTPD_MAX_PER_PEER": "10",
+    "SMTPD_COMMAND_TIMEOUT": "60s",
+    "SMTPD_MIN_DATA_RATE": "1K",
+    "SMTPD_SESSION_TIMEOUT": "10m",
 }
 
 MAX_MESSAGE_SIZE_CAP = 150 * MIB
+MAX_NUMBER = 1e15  # larger durations and sizes are typos (or 1e400)
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZE_UNITS = {
@@ -221,8 +233,9 @@ def _parse_number(key: str, value: str, units: Mapping[str, int], example: str) 
         number = float(digits)
     except ValueError:
         raise ConfigError(f"{key}={value!r} is not {example}") from None
-    if unit not in units or number < 0:
-        raise ConfigError(f"{key}={value!r} is not {example}")
+    # NaN and 1e400 (inf) parse as floats; int() of them raised a traceback.
+    if unit not in units or not 0 <= number <= MAX_NUMBER:
+        raise ConfigError(f"{key}={value!r} is not {example} (at most {MAX_NUMBER:.0e})")
     return int(number * units[unit])
 
 

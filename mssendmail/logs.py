@@ -13,17 +13,28 @@ import re
 import sys
 
 LOG_NAME = "mssendmail.log"
-_NEEDS_QUOTES = re.compile(r"[\s\"=]")
+_NEEDS_QUOTES = re.compile(r"[\s\"=\\\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
 
 
 def kv(**fields: object) -> str:
-    """Render fields as key=value; values with spaces are quoted, None is '-'."""
+    """Render fields as key=value; None is '-'.
+
+    A value with spaces, quotes, '=', backslashes or control characters is
+    quoted, with backslash and quote escaped and every control character
+    written as \\xNN: no value (a hostile file name, a header) can end the
+    line or forge a field.
+    """
     parts = []
     for key, value in fields.items():
         text = "-" if value is None or value == "" else str(value)
-        text = text.replace("\n", " ").replace("\r", " ")
         if _NEEDS_QUOTES.search(text):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            text = text.replace("\\", "\\\\").replace('"', '\\"')
+            text = '"' + _CONTROL.sub(_escape, text) + '"'
         parts.append(f"{key}={text}")
     return " ".join(parts)
 

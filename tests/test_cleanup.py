@@ -72,3 +72,65 @@ def test_delete_removes_only_what_was_sent_across_a_restart(
     assert jobs(root) == []
     assert not any(message_areas(root).values())
     assert "sent-items-deleted" in second.stderr
+
+
+class NeverThere:
+    """sent_items() whose lookups never find the copy."""
+
+    def __init__(self) -> None:
+        self.finds = 0
+
+    def sent_items(self, permanent: bool = True) -> NeverThere:
+        return self
+
+    def find(self, mailbox: str, message_id: str, since: float) -> list[str]:
+        self.finds += 1
+        return []
+
+    def delete(self, mailbox: str, item_id: str) -> str:
+        raise AssertionError("nothing may be deleted")
+
+    def send(self, mailbox: str, mime: bytes, queue_id: str) -> object:
+        raise AssertionError("not used")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_copy_that_never_appears_is_given_up_with_one_line(tmp_path: Path) -> None:
+    import logging
+    import random
+
+    from mssendmail.config import Config
+    from mssendmail.delivery import cleanup
+    from mssendmail.delivery.attempt import Context, Policy
+
+    spool = make_spool(tmp_path / "queue")
+    clock = [1_000_000.0]
+    transport = NeverThere()
+    ctx = Context(
+        spool=spool,
+        cfg=Config({"QUEUE_DIR": spool.root, "SENT_ITEMS": "delete", "SENT_ITEMS_DELAY": "1s"}),
+        transport=transport,  # type: ignore[arg-type]
+        policy=Policy(retry_min=1, retry_max=2, max_age=86400, max_attempts=None),
+        now=lambda: clock[0],
+        rng=random.Random(1),
+    )
+    qid = queue_direct(spool, ["gone-0"])[0]
+    cleanup.schedule(ctx, qid, SENDER, "<gone@x.example>", clock[0])
+    finished = 0
+    lines: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("mssendmail.delivery.cleanup")
+    logger.addHandler(handler)
+    try:
+        while clock[0] < 1_000_000.0 + cleanup.GIVE_UP + 3600:
+            clock[0] += 60
+            finished += cleanup.run_due(ctx)
+    finally:
+        logger.removeHandler(handler)
+    assert finished == 1 and cleanup.pending(ctx) == []
+    assert [line for line in lines if "sent-items-cleanup-gave-up" in line] == lines
+    assert len(lines) == 1
+    assert 5 <= transport.finds <= 30  # backoff, not a lookup per round

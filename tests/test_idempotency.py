@@ -206,3 +206,27 @@ def test_large_unknown_send_checks_the_draft(spool: Spool, fake: FakeGraph, acce
     assert (record.get("outcome") == "sent-earlier") == accepted
     assert (draft_id in state.deleted) == (not accepted)
     assert fake.lookups == 0  # the draft answered, not Sent Items
+
+
+def test_a_message_id_that_cannot_be_looked_up_is_resent(spool: Spool, fake: FakeGraph) -> None:
+    ctx = make_ctx(spool, fake)
+    with Submission(spool, 1 << 20) as sub:
+        sub.write(b"To: alice@example.org\nSubject: m1\nMessage-ID: no-brackets@x\n\nbody\n")
+        qid = sub.commit(make_envelope("", ["alice@example.org"]))
+    assert pickup(spool, 1 << 20) == [qid]
+    fake.plan({"m1": Fault.error(504, accept=True)})
+    assert deliver(ctx, qid, QUEUE) == Outcome.DEFERRED
+    assert retry_now(ctx, qid) == Outcome.SENT  # no lookup possible: as before, a resend
+    assert subjects(fake) == ["m1", "m1"] and fake.lookups == 0
+
+
+def test_a_bad_mailbox_rate_stops_the_worker_at_start(tmp_path: Path) -> None:
+    from mssendmail.delivery.worker import main
+
+    cfg = tmp_path / "w.env"
+    cfg.write_text(
+        f"QUEUE_DIR={tmp_path / 'queue'}\nTRANSPORT=file\nOUTBOX_DIR={tmp_path}\n"
+        "SENDER=relay@example.com\nMAILBOX_RATE=fast\n"
+    )
+    init_tree(str(tmp_path / "queue"))
+    assert main(["--once", "--config", str(cfg)]) == 78

@@ -1,4 +1,4 @@
-"""Daily recipient budget and pacing per mailbox, on a fake clock (mssendmail.delivery.protection)."""
+"""Daily recipient budget and pacing per mailbox, on a fake clock (delivery.protection)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mssendmail.errors import DataError, SpoolError
@@ -185,6 +185,7 @@ def test_torn_record_is_detected(spool: Spool) -> None:
 
 
 @given(st.integers(min_value=0, max_value=10**6), st.integers(min_value=1, max_value=255))
+@example(position=211, flip=ord("0") ^ ord("_"))  # "0_000211" == 211 to int()
 def test_any_changed_byte_is_detected(position: int, flip: int) -> None:
     body = b"To: a@x\n\nbody\n"
     env = record.encode_envelope(make_envelope("", ["a@x"]))

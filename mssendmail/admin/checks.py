@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from mssendmail.admin.listing import printable
 from mssendmail.config import Config, load
 from mssendmail.delivery import affinity
+from mssendmail.delivery.limits import Limits
 from mssendmail.errors import EX_CONFIG, EX_OK, MssendmailError
 from mssendmail.spool import meta, pause
 from mssendmail.spool.layout import DIR_MODES, ROOT_MODE, STATE, TRIGGER_MODE, Spool, service_ids
@@ -85,6 +86,9 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
     except MssendmailError as exc:
         return [Result(FAIL, "config", str(exc))]
     results.append(check_config(cfg))
+    allowed = check_allowed_from(cfg)
+    if allowed is not None:
+        results.append(allowed)
     graph = cfg.get("TRANSPORT").lower() == "graph"
     cred: Result | None = None
     if graph:
@@ -120,6 +124,33 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
     return results
 
 
+def check_allowed_from(cfg: Config) -> Result | None:
+    """The trust model of ALLOWED_FROM, said out loud (issue 12).
+
+    Whoever can run sendmail on this host may put any From: in a message, so
+    every address ALLOWED_FROM allows is an address every local user may
+    send as; an @domain entry allows every mailbox of that domain.
+    """
+    entries = cfg.addresses("ALLOWED_FROM")
+    if not entries:
+        return None
+    domains = [e for e in entries if e.startswith("@")]
+    if domains:
+        return Result(
+            WARN,
+            "allowed-from",
+            f"ALLOWED_FROM has {', '.join(domains)}: every local user may send as any "
+            "mailbox of that domain the app can reach; list single addresses instead, "
+            "or scope the app with an application access policy",
+        )
+    return Result(
+        PASS,
+        "allowed-from",
+        f"every local user may send as {', '.join(entries)} (ALLOWED_FROM); "
+        "the app's mailbox scope still applies",
+    )
+
+
 def check_config(cfg: Config) -> Result:
     name = "config"
     if not cfg.file_readable:
@@ -132,6 +163,7 @@ def check_config(cfg: Config) -> Result:
             cfg.seconds(key)
         cfg.integer("CONCURRENCY")
         cfg.optional_int("MAX_ATTEMPTS")
+        Limits.from_config(cfg)
         affinity.choose(cfg.get("WORKER_CPU"), os.sched_getaffinity(0), None)
     except MssendmailError as exc:
         return Result(FAIL, name, f"{cfg.path}: {exc}")

@@ -10,6 +10,7 @@ SYNOPSIS
     requeue ID..|--all-dead       dead letters back to the queue, attempts reset
     hold ID.. / release ID..      held mail is never sent and never expires
     delete ID..|--all-dead|--older-than AGE [--state S] [--yes]
+    purge-maildrop [--dry-run]    remove directories, FIFOs and the like from maildrop/
     test ADDRESS [--wait] [--timeout SECONDS]
     check                         PASS/WARN/FAIL checklist of the setup
     stats [--json] [--prometheus FILE]
@@ -63,6 +64,8 @@ from mssendmail.admin import actions as admin
 from mssendmail.admin import checks, listing, stats
 from mssendmail.argv import Parser
 from mssendmail.errors import (
+    EX_CANTCREAT,
+    EX_NOPERM,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
     DataError,
@@ -151,6 +154,8 @@ def build_parser() -> Parser:
         "--state", default="dead", help=f"with --older-than: {STATES_HELP} (default dead)"
     )
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p = command("purge-maildrop", "remove what is no mail from maildrop/")
+    p.add_argument("--dry-run", "-n", action="store_true", help="only list the entries")
     p = command("test", "queue a test message")
     p.add_argument("address", metavar="ADDRESS", help="where the test message goes")
     p.add_argument("--wait", action="store_true", help="follow it until it is sent or dead")
@@ -412,6 +417,27 @@ def cmd_delete(spool: Spool, args: argparse.Namespace) -> int:
     return _apply(spool, "delete", ids)
 
 
+def cmd_purge_maildrop(spool: Spool, args: argparse.Namespace) -> int:
+    from mssendmail.admin import maildrop
+
+    entries = maildrop.junk(spool)
+    status = 0
+    for entry in entries:
+        what = f"maildrop/{listing.printable(entry.name)} ({entry.kind}, uid {entry.uid})"
+        if args.dry_run:
+            print(what)
+            continue
+        why = maildrop.remove(spool, entry)
+        if why is None:
+            print(f"removed {what}")
+        else:
+            print(f"{PROG}: cannot remove {what}: {why}; run as root", file=sys.stderr)
+            status = EX_NOPERM
+    if not entries:
+        print("maildrop/ holds nothing but mail")
+    return status
+
+
 def compose_test(address: str, now: float | None = None) -> bytes:
     """The test message: host name, time and version, so the recipient can tell where from."""
     now = time.time() if now is None else now
@@ -494,7 +520,13 @@ def cmd_stats(spool: Spool, args: argparse.Namespace) -> int:
         try:
             stats.write_prometheus(snapshot, args.prometheus)
         except OSError as exc:
-            raise MssendmailError(f"cannot write {args.prometheus}: {exc.strerror}") from None
+            # sysexits EX_CANTCREAT: a missing or unwritable directory, not a bug (70).
+            print(
+                f"{PROG}: cannot write {args.prometheus}: {exc.strerror}; "
+                "check that its directory exists and is writable",
+                file=sys.stderr,
+            )
+            return EX_CANTCREAT
     if args.json:
         out([stats.json_line(snapshot)])
     elif not args.prometheus or sys.stdout.isatty():
@@ -520,6 +552,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "hold": cmd_hold,
         "release": cmd_release,
         "delete": cmd_delete,
+        "purge-maildrop": cmd_purge_maildrop,
         "stats": cmd_stats,
     }
     return handlers[args.command](spool, args)

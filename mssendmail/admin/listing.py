@@ -162,9 +162,10 @@ def read_envelope(path: str) -> tuple[dict[str, Any], int]:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A time from a record, or None when it is not one (NaN, 1e20: hostile or broken)."""
+    if not record.time_ok(value):
         return None
-    return float(value)
+    return float(value)  # type: ignore[arg-type]  # time_ok checked the type
 
 
 def _text_list(value: object) -> list[str]:
@@ -342,6 +343,8 @@ def human_size(size: int | None) -> str:
 def human_time(when: float | None) -> str:
     if when is None:
         return "-"
+    if not record.time_ok(when):
+        return "?"
     return time.strftime("%b %d %H:%M", time.localtime(when))
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mssendmail.config import Config
-from mssendmail.delivery import cleanup, idempotency, outcome, protection
+from mssendmail.delivery import cleanup, idempotency, outcome, poison, protection
 from mssendmail.delivery.mime import FixCounts
 from mssendmail.delivery.retry import backoff
 from mssendmail.errors import (
@@ -37,7 +37,7 @@ from mssendmail.errors import (
 from mssendmail.logs import kv
 from mssendmail.spool import meta, pause, record
 from mssendmail.spool.claim import Claim, claim
-from mssendmail.spool.layout import Spool
+from mssendmail.spool.layout import ACTIVE, Spool
 from mssendmail.transport import Transport
 
 log = logging.getLogger("mssendmail.delivery.attempt")
@@ -164,17 +164,32 @@ def deliver(ctx: Context, queue_id: str, area: str) -> Outcome:
         return Outcome.SKIPPED
     try:
         return _attempt(ctx, held)
-    except BaseException:
-        # A bug or a disk error mid-attempt: do not leave the message in
-        # active/ until the next restart's recovery.
-        if held.fd >= 0:
+    except Exception as exc:
+        if held.fd >= 0 and held.area == ACTIVE and not poison.is_global(exc):
+            # A bug this message triggers: counted against it, never a stall.
             try:
-                outcome.put_back(ctx.spool, held)
+                done = poison.crashed(ctx.spool, held, exc, ctx.now(), ctx.policy.retry_max)
             except OSError:
-                pass  # recover() at the next start puts it back
+                _put_back_quietly(ctx, held)  # cannot even record it: the disk, a stall
+                raise
+            return Outcome.DEAD if done == "dead" else Outcome.DEFERRED
+        _put_back_quietly(ctx, held)
+        raise
+    except BaseException:
+        _put_back_quietly(ctx, held)
         raise
     finally:
         held.release()
+
+
+def _put_back_quietly(ctx: Context, held: Claim) -> None:
+    # A disk error or a signal mid-attempt: do not leave the message in
+    # active/ until the next restart's recovery.
+    if held.fd >= 0:
+        try:
+            outcome.put_back(ctx.spool, held)
+        except OSError:
+            pass  # recover() at the next start puts it back
 
 
 def _attempt(ctx: Context, held: Claim) -> Outcome:

@@ -131,6 +131,12 @@ def before_send(
         return None
     since = _number(unknown.get("since"), now)
     draft_id = unknown.get("draft_id")
+    from mssendmail.graph.sentitems import usable_message_id
+
+    if not draft_id and not usable_message_id(prepared.message_id):
+        state.pop(UNKNOWN, None)  # nothing to look up by: sent again, as before
+        meta.add_event(state, now, "lookup", "the Message-ID cannot be looked up; sending again")
+        return None
     try:
         with ctx.gate.slot(mailbox):
             landed = _landed(ctx, mailbox, prepared.message_id, since, draft_id)

@@ -24,6 +24,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mssendmail.delivery.skips import SkipList, Stalled, describe, is_resource_error
+from mssendmail.logs import kv
 from mssendmail.spool import record
 from mssendmail.spool.layout import (
     CORRUPT,
@@ -61,6 +63,17 @@ class Staged:
     temp: str
     copy_fd: int
     source_fd: int
+    uid: int = -1  # the original's owner by fstat: the submitter the worker trusts
+
+    def release(self) -> None:
+        """Close both fds and drop the temp copy; safe to call twice."""
+        if self.copy_fd >= 0:
+            os.close(self.copy_fd)
+            self.copy_fd = -1
+            unlink_quiet(self.temp)
+        if self.source_fd >= 0:
+            os.close(self.source_fd)
+            self.source_fd = -1
 
 
 def listing(spool: Spool) -> list[str]:
@@ -77,35 +90,48 @@ def pickup(
     now: float | None = None,
     limit: int | None = None,
     names: Iterable[str] | None = None,
+    skips: SkipList | None = None,
+    owners: dict[str, int] | None = None,
 ) -> list[str]:
     """Ingest complete submissions (at most `limit`); returns the new ids, oldest first.
 
     `names` lets a caller with a big backlog list maildrop/ once and hand
-    it out in batches, instead of listing it again for every batch.
+    it out in batches, instead of listing it again for every batch. `skips`
+    remembers, across calls, entries that can be neither queued nor moved.
+    `owners` gets the trusted (fstat) uid of each id queued.
+
+    No error of one entry escapes: it is quarantined, or skipped and
+    remembered. Raises Stalled (after queueing what it had copied) when the
+    process or the disk runs short of something; nothing is rejected then.
     """
     names = listing(spool) if names is None else names
+    skips = SkipList() if skips is None else skips
+    when = time.time() if now is None else now
     staged: list[Staged] = []
+    stalled: BaseException | None = None
+    queued: list[str] = []
     try:
         for name in names:
             if limit is not None and len(staged) >= limit:
                 break
-            if name.startswith(TEMP_PREFIX):
-                clean_temp(spool, name, time.time() if now is None else now)
-            elif not is_id(name):
-                quarantine(spool, name, "name is not a queue id")
-            else:
-                try:
-                    copy = ingest(spool, name, max_size)
-                except Rejected as exc:
-                    quarantine(spool, name, str(exc))
-                    continue
-                except OSError as exc:
-                    # Disk full or the like: the original stays; try again later.
-                    log.error("cannot pick up %s: %s", name, exc.strerror or exc)
-                    break
-                if copy is not None:
-                    staged.append(copy)
+            path = spool.path(MAILDROP, name)
+            if skips.has(path, name):
+                continue
+            try:
+                copy = _one(spool, name, max_size, when, skips)
+            except Stalled as exc:
+                stalled = exc.cause
+                break
+            except Exception as exc:  # a bug, or a kind of entry we never thought of
+                skips.add(path, name, f"cannot be picked up: {describe(exc)}")
+                continue
+            if copy is not None:
+                staged.append(copy)
         queued = _commit(spool, staged)
+        if owners is not None:
+            uids = {item.name: item.uid for item in staged}
+            for name in queued:
+                owners[name] = uids[name]
         if queued:
             # The copies are durable (fsync + link + directory fsync in
             # _commit) before any original goes; a crash in between leaves
@@ -113,10 +139,32 @@ def pickup(
             for name in queued:
                 unlink_quiet(spool.path(MAILDROP, name))
             fsync_dir(spool.dir(MAILDROP))
+    except OSError as exc:
+        raise Stalled(exc, queued) from exc
     finally:
         for item in staged:
-            os.close(item.source_fd)
+            item.release()
+    if stalled is not None:
+        raise Stalled(stalled, queued)
     return queued
+
+
+def _one(spool: Spool, name: str, max_size: int, now: float, skips: SkipList) -> Staged | None:
+    """Stage one entry, quarantine it, or skip it; Stalled when we are short of something."""
+    if name.startswith(TEMP_PREFIX):
+        clean_temp(spool, name, now, skips)
+        return None
+    if not is_id(name):
+        quarantine(spool, name, "name is not a queue id", skips)
+        return None
+    try:
+        return ingest(spool, name, max_size)
+    except Rejected as exc:
+        quarantine(spool, name, str(exc), skips)
+        return None
+    except OSError as exc:
+        # Our side (queue/ full, out of fds): the original stays; try again later.
+        raise Stalled(exc) from exc
 
 
 def _commit(spool: Spool, staged: list[Staged]) -> list[str]:
@@ -135,16 +183,19 @@ def _commit(spool: Spool, staged: list[Staged]) -> list[str]:
         except FileExistsError:
             pass  # another worker linked the same submission first
         except OSError as exc:
-            log.error("cannot queue %s: %s", item.name, exc.strerror or exc)  # original stays
+            if is_resource_error(exc):
+                raise
+            log.error(kv(event="cannot-queue", id=item.name, error=exc.strerror or str(exc)))
         finally:
             os.close(item.copy_fd)
+            item.copy_fd = -1
             unlink_quiet(item.temp)
     if queued:
         fsync_dir(spool.dir(QUEUE))
     return queued
 
 
-def clean_temp(spool: Spool, name: str, now: float) -> bool:
+def clean_temp(spool: Spool, name: str, now: float, skips: SkipList | None = None) -> bool:
     """Remove a temp file whose writer is gone (its flock is free)."""
     path = spool.path(MAILDROP, name)
     try:
@@ -152,10 +203,10 @@ def clean_temp(spool: Spool, name: str, now: float) -> bool:
     except FileNotFoundError:
         return False
     if not stat.S_ISREG(st.st_mode):
-        quarantine(spool, name, "temp entry is not a regular file")
+        quarantine(spool, name, "temp entry is not a regular file", skips)
         return True
     if remove_if_abandoned(path, now):
-        log.info("removed abandoned submission %s (%d bytes)", name, st.st_size)
+        log.info(kv(event="removed-abandoned", entry=name, bytes=st.st_size))
         return True
     return False
 
@@ -164,8 +215,14 @@ def _open_entry(path: str, max_size: int) -> tuple[int, os.stat_result]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
+        if is_resource_error(exc):
+            raise  # out of fds or memory: nothing is wrong with the entry
         raise Rejected(f"cannot open safely: {exc.strerror}") from None
-    st = os.fstat(fd)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
     problem = None
     if not stat.S_ISREG(st.st_mode):
         problem = "not a regular file"
@@ -209,7 +266,7 @@ def ingest(spool: Spool, name: str, max_size: int) -> Staged | None:
     except BaseException:
         os.close(fd)
         raise
-    return Staged(name, temp, copy_fd, fd)
+    return Staged(name, temp, copy_fd, fd, st.st_uid)
 
 
 def _copy_verified(
@@ -218,7 +275,7 @@ def _copy_verified(
     size = st.st_size
     if size < record.FOOTER_LEN:
         raise Rejected("too short to be a spool record")
-    tail = os.pread(src, record.FOOTER_LEN, size - record.FOOTER_LEN)
+    tail = _read(src, record.FOOTER_LEN, size - record.FOOTER_LEN)
     try:
         message_len, envelope_len, digest = record.parse_footer(tail, size)
     except record.CorruptRecord as exc:
@@ -233,13 +290,13 @@ def _copy_verified(
         check = hashlib.sha256()
         offset = 0
         while offset < message_len:
-            block = os.pread(src, min(record.CHUNK, message_len - offset), offset)
+            block = _read(src, min(record.CHUNK, message_len - offset), offset)
             if not block:
                 raise Rejected("file shrank while it was read")
             check.update(block)
             writer.write(block)
             offset += len(block)
-        env_bytes = os.pread(src, envelope_len, message_len)
+        env_bytes = _read(src, envelope_len, message_len)
         check.update(env_bytes)
         if len(env_bytes) != envelope_len or check.hexdigest() != digest:
             raise Rejected("checksum mismatch: the file was changed after it was written")
@@ -249,6 +306,16 @@ def _copy_verified(
         unlink_quiet(temp)
         raise
     return temp, out
+
+
+def _read(src: int, size: int, offset: int) -> bytes:
+    """pread from the submitter's file: its errors are the entry's, unless we are short."""
+    try:
+        return os.pread(src, size, offset)
+    except OSError as exc:
+        if is_resource_error(exc):
+            raise
+        raise Rejected(f"cannot read: {exc.strerror}") from None
 
 
 def _trusted_envelope(env_bytes: bytes, st: os.stat_result) -> dict[str, object]:
@@ -267,15 +334,26 @@ def _trusted_envelope(env_bytes: bytes, st: os.stat_result) -> dict[str, object]
     return envelope
 
 
-def quarantine(spool: Spool, name: str, reason: str) -> None:
-    """Move a maildrop entry, whatever it is, to corrupt/ without reading it."""
+def quarantine(spool: Spool, name: str, reason: str, skips: SkipList | None = None) -> None:
+    """Move a maildrop entry, whatever it is, to corrupt/ without reading it.
+
+    What cannot be moved (a directory: renaming it elsewhere needs write
+    access to it, which only its owner has) is skipped and remembered.
+    """
     target = new_id()
+    source = spool.path(MAILDROP, name)
     try:
-        os.rename(spool.path(MAILDROP, name), spool.path(CORRUPT, target))
+        os.rename(source, spool.path(CORRUPT, target))
     except FileNotFoundError:
+        return
+    except OSError as exc:
+        if is_resource_error(exc):
+            raise
+        if skips is not None:
+            skips.add(source, name, f"{reason}; cannot move it to corrupt/: {exc.strerror}")
         return
     fsync_dir(spool.dir(CORRUPT))
     fsync_dir(spool.dir(MAILDROP))
     info = {"original_name": name, "reason": reason, "time": time.time()}
     write_atomic(spool.reason_path(CORRUPT, target), json.dumps(info).encode())
-    log.warning("quarantined maildrop entry %r as corrupt/%s: %s", name, target, reason)
+    log.warning(kv(event="quarantined", entry=name, file=f"corrupt/{target}", reason=reason))

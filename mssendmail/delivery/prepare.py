@@ -53,8 +53,16 @@ from typing import Any
 
 from mssendmail.config import Config
 from mssendmail.delivery.aliases import AliasFile, Resolver
+from mssendmail.delivery.limits import (
+    Limits,
+    check_comments,
+    check_header_recipients,
+    check_mime,
+    rough_address_count,
+)
 from mssendmail.delivery.mime import check_charset, normalise
 from mssendmail.errors import ConfigError, DataError
+from mssendmail.spool import record
 from mssendmail.submission.addresses import parse_address_list, parse_mailboxes
 
 CRLF = b"\r\n"
@@ -66,6 +74,7 @@ _FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _DROP = frozenset({"return-path", "content-length"})
 _BLOCK = 1 << 20
+NOT_IN_ENVELOPE_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,9 @@ class Policy:
         from_name: str = "",
         allowed_from: Iterable[str] = (),
         default_charset: str = "iso-8859-1",
+        limits: Limits | None = None,
     ) -> None:
+        self.limits = limits or Limits()
         self.sender = sender
         self.default_charset = default_charset
         self.sender_domain = sender.rpartition("@")[2]
@@ -143,6 +154,7 @@ class Policy:
             from_name=cfg.get("FROM_NAME"),
             allowed_from=cfg.addresses("ALLOWED_FROM"),
             default_charset=charset,
+            limits=Limits.from_config(cfg),
         )
 
     def allows(self, address: str) -> bool:
@@ -256,6 +268,7 @@ def _addresses(value: str, header: str, warnings: list[str]) -> list[tuple[str, 
     it cannot read counts as holding no address, with a warning for the log:
     To/Cc stay as written, From is rewritten, Sender and Bcc go.
     """
+    check_comments("an address header", value)  # bounded before any parser sees it
     try:
         return parse_mailboxes(value)
     except DataError as exc:
@@ -314,6 +327,8 @@ def _check_envelope(envelope: Mapping[str, Any]) -> _Envelope:
     when = envelope.get("time")
     if not isinstance(when, (int, float)) or isinstance(when, bool):
         when = time.time()
+    elif not record.time_ok(when):  # NaN, inf, 1e20: formatdate raised OverflowError
+        raise DataError(f"envelope time {when!r} is not a time between 1970 and 2500")
     addresses = []
     for rcpt in rcpts:
         rcpt = rcpt.strip()
@@ -409,6 +424,7 @@ def prepare(
     else:
         # Joined from a view: a sliced body would be a third copy of the message.
         mime = b"".join((headers.to_bytes(), CRLF, memoryview(data)[body_at:]))
+    check_mime(mime, policy.limits)  # before any Graph request; LimitExceeded names the key
     fixed = normalise(mime, policy.default_charset)  # charsets, long lines, 8-bit headers
     return Prepared(fixed.mime, mailbox, recipients, warnings, message_id, fixed.fixed, fixed.kept)
 
@@ -420,6 +436,7 @@ def _fix_recipient_headers(
     resolver = policy.resolver
     envelope = {r.lower() for r in recipients}
     visible: dict[str, str] = {}
+    _count_header_recipients(headers, policy)
     for name in ("to", "cc"):
         for index in headers.find(name):
             pairs = _addresses(headers.value(index), name.capitalize(), warnings)
@@ -434,11 +451,24 @@ def _fix_recipient_headers(
                 headers.fields[index] = address_field(header, pairs) if pairs else None
             for _, addr in pairs:
                 visible.setdefault(addr.lower(), addr)
-    for key, addr in visible.items():
-        if key not in envelope:
-            warnings.append(
-                f"header recipient {addr} is not an envelope recipient; Graph delivers to it anyway"
-            )
+    outside = [addr for key, addr in visible.items() if key not in envelope]
+    if len(outside) == 1:
+        warnings.append(
+            f"header recipient {outside[0]} is not an envelope recipient; "
+            "Graph delivers to it anyway"
+        )
+    elif outside:
+        # One line, not one per address: a 100,000-address To: wrote 100,001 lines.
+        first = ", ".join(outside[:NOT_IN_ENVELOPE_SHOWN])
+        more = (
+            f" and {len(outside) - NOT_IN_ENVELOPE_SHOWN} more"
+            if len(outside) > NOT_IN_ENVELOPE_SHOWN
+            else ""
+        )
+        warnings.append(
+            f"{len(outside)} header recipients are not envelope recipients ({first}{more}); "
+            "Graph delivers to them anyway"
+        )
 
     for index in headers.find("bcc"):
         for _, addr in _addresses(headers.value(index), "Bcc", warnings):
@@ -449,6 +479,15 @@ def _fix_recipient_headers(
     hidden = [r for r in recipients if r.lower() not in visible]
     if hidden:
         headers.added.append(address_field("Bcc", [("", r) for r in hidden]))
+
+
+def _count_header_recipients(headers: _Headers, policy: Policy) -> None:
+    """MAX_HEADER_RECIPIENTS over To, Cc and Bcc; a rough count first, so a
+    100,000-address header is refused without parsing it."""
+    values = [headers.value(i) for name in ("to", "cc", "bcc") for i in headers.find(name)]
+    if sum(rough_address_count(v) for v in values) > 4 * policy.limits.header_recipients:
+        check_header_recipients(sum(rough_address_count(v) for v in values), policy.limits)
+    check_header_recipients(sum(len(_addresses(v, "To/Cc/Bcc", [])) for v in values), policy.limits)
 
 
 def _fix_from(headers: _Headers, policy: Policy, env: _Envelope, warnings: list[str]) -> str:

@@ -61,6 +61,15 @@ def rate_interval(ctx: Context) -> float | None:
     return 60.0 / rate
 
 
+def validate(ctx: Context) -> None:
+    """MAILBOX_RATE and DAILY_RECIPIENT_LIMIT are usable (ConfigError: the worker exits 78)."""
+    from mssendmail.errors import ConfigError
+
+    rate_interval(ctx)
+    if ctx.cfg.integer("DAILY_RECIPIENT_LIMIT") < 1:
+        raise ConfigError("DAILY_RECIPIENT_LIMIT must be a whole number of recipients >= 1")
+
+
 def before_send(
     ctx: Context, held: Claim, state: dict[str, Any], mailbox: str, recipients: int
 ) -> str | None:

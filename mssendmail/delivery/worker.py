@@ -13,8 +13,9 @@ DESCRIPTION
     consent) pauses the whole queue instead of dead-lettering it.
 
     Without --once it runs as a service: it wakes on the trigger FIFO, rescans
-    every second, and on SIGTERM stops taking new work, lets in-flight sends
-    finish, and exits 0. Messages it could not finish stay queued.
+    every second, and on SIGTERM stops taking new work, gives in-flight sends
+    STOP_GRACE (5 s) to finish, and exits 0. Messages it could not finish stay
+    queued (or claimed in active/, recovered at the next start).
 
 SECURITY
     Runs as the mssendmail user. Reads the secrets in the config; writes
@@ -43,13 +44,15 @@ import signal
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import Any
 
 from mssendmail import __version__, config, logs
 from mssendmail.argv import Parser
-from mssendmail.delivery import affinity, cleanup, idempotency, outcome
+from mssendmail.delivery import affinity, cleanup, fairness, idempotency, outcome, protection
 from mssendmail.delivery.attempt import Context, MailboxGate, Outcome, Policy, deliver
 from mssendmail.delivery.pickup import listing, pickup
+from mssendmail.delivery.skips import SkipList, Stalled, describe
 from mssendmail.errors import EX_TEMPFAIL, ConfigError, MssendmailError, exit_code, run_main
 from mssendmail.spool import pause
 from mssendmail.spool.layout import DEFERRED, QUEUE, STATE, Spool, sweep_temps, unlink_quiet
@@ -67,6 +70,9 @@ SWEEP_INTERVAL = 600.0
 RECOVER_SECONDS = 60.0
 TIDY_SECONDS = 5.0  # how often due SENT_ITEMS=delete jobs are looked at
 ERROR_PAUSE = 10.0  # after an unexpected error (disk full, a bug): stop dispatching this long
+STOP_GRACE = 5.0  # after SIGTERM, in-flight work gets this long before the worker exits
+PICKUP_BACKOFF_MIN = 1.0  # pickup short of fds, memory or disk: first wait, doubling
+PICKUP_BACKOFF_MAX = 60.0
 
 
 class Worker:
@@ -81,7 +87,10 @@ class Worker:
         self.threads = concurrency + PREPARE_AHEAD
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="send")
         self.inflight: dict[str, Future[Outcome]] = {}
-        self.pending: collections.deque[tuple[str, str]] = collections.deque()
+        self.pending = fairness.FairQueue()  # round-robin across submitter uids
+        self.uids: dict[str, int] = {}  # queue id -> trusted submitter uid
+        self.cap = ctx.cfg.optional_int("MAX_QUEUED_PER_USER")
+        self.own_uid = os.geteuid()  # smtpd's and notices' mail: never capped
         self.last_scan = 0.0
         self.stopping = threading.Event()
         self.wake_r, self.wake_w = os.pipe()
@@ -99,8 +108,14 @@ class Worker:
         # it no longer holds up dispatch in this one.
         self.pickup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pickup")
         self.picking: Future[list[str]] | None = None
+        self.skips = SkipList()  # maildrop/ entries tried once that can be neither queued nor moved
+        self.pickup_delay = 0.0
+        self.pickup_stall_until = 0.0
+        self.pickup_gave_up = False  # --once: pickup stalled, exit 75 when done
+        self.listing_picked = 1  # messages queued from the current listing (1: list at start)
         self.pending_ids: set[str] = set()
         self.outcomes: dict[Outcome, int] = {o: 0 for o in Outcome}
+        self.unfinished = 0  # in-flight work abandoned at STOP_GRACE after SIGTERM
         self.network_failures = 0
         self.last_tidy = 0.0
         self.tidying: Future[int] | None = None
@@ -175,8 +190,9 @@ class Worker:
         otherwise cost a listing of every queued file each second.
         """
         if not self.pending:
-            self.pending = collections.deque(self.due(now))
-            self.pending_ids = {qid for qid, _ in self.pending}
+            self.pending = fairness.FairQueue()
+            self.pending_ids = set()
+            self.add_pending(self.due(now))
             self.last_scan = now
         elif now - self.last_scan >= RESCAN_SECONDS:
             self.last_scan = now
@@ -185,8 +201,14 @@ class Worker:
     def add_pending(self, items: list[tuple[str, str]]) -> None:
         for item in items:
             if item[0] not in self.pending_ids and item[0] not in self.inflight:
-                self.pending.append(item)
+                self.pending.append(item, self.uid_of(*item))
                 self.pending_ids.add(item[0])
+
+    def uid_of(self, qid: str, area: str) -> int:
+        uid = self.uids.get(qid)
+        if uid is None:
+            uid = self.uids[qid] = fairness.envelope_uid(self.spool.path(area, qid))
+        return uid
 
     def dispatch(self) -> None:
         while self.pending and len(self.inflight) < self.threads:
@@ -213,7 +235,10 @@ class Worker:
         for qid, future in list(self.inflight.items()):
             if future.done():
                 del self.inflight[qid]
-                self.outcomes[future.result()] += 1
+                result = future.result()
+                self.outcomes[result] += 1
+                if result is not Outcome.DEFERRED:
+                    self.uids.pop(qid, None)  # gone from the queue (or back in queue/)
 
     def heartbeat(self, now: float) -> None:
         data = {
@@ -272,22 +297,23 @@ class Worker:
             if not self.picking.done():
                 return True
             done, self.picking = self.picking, None
-            try:
-                picked = done.result()
-            except OSError as exc:  # the disk, most likely: the originals stay in maildrop/
-                log.error(logs.kv(event="pickup-error", error=exc.strerror or str(exc)))
-                self.stall_until = now + ERROR_PAUSE
-                picked = []
-            self.add_pending([(qid, QUEUE) for qid in picked])
-        if self.stopping.is_set():
+            self.add_pending([(qid, QUEUE) for qid in self._picked(done, now)])
+        if self.stopping.is_set() or self.pickup_gave_up or now < self.pickup_stall_until:
             return False
         if not self.backlog:
             idle = not self.pending and not self.inflight
             if not (idle or self.triggered or now - self.last_listing >= RESCAN_SECONDS):
                 return False
+            if self.once and not self.listing_picked and not self.triggered:
+                return False  # --once: the last listing brought nothing new; stop listing
             self.triggered = False
             self.last_listing = now
-            self.backlog = collections.deque(listing(self.spool))
+            self.listing_picked = 0
+            try:
+                self.backlog = collections.deque(self.fair_listing())
+            except OSError as exc:  # out of fds or memory
+                self._stall_pickup(exc, now)
+                return False
         elif len(self.pending) >= PICKUP_BATCH:
             return False
         batch = [self.backlog.popleft() for _ in range(min(PICKUP_BATCH, len(self.backlog)))]
@@ -296,9 +322,51 @@ class Worker:
         self.picking = self.pickup_pool.submit(self._pickup, batch)
         return True
 
+    def fair_listing(self) -> list[str]:
+        """maildrop/ round-robin across owners; over MAX_QUEUED_PER_USER waits there."""
+        groups = fairness.owners(self.spool, listing(self.spool))
+        if self.cap is not None:
+            queued = collections.Counter(self.uids.values())
+            over = []
+            for uid, names in groups.items():
+                if uid == self.own_uid:
+                    continue
+                room = max(0, self.cap - queued[uid])
+                if len(names) >= room:
+                    over.append(uid)
+                del names[room:]
+            fairness.publish_over_cap(self.spool, over)
+        return list(fairness.interleave(groups.values()))
+
+    def _picked(self, done: Future[list[str]], now: float) -> list[str]:
+        """The ids a finished pickup batch queued; a stall backs pickup off."""
+        try:
+            picked = done.result()
+        except Exception as exc:  # short of fds, memory or disk, or a bug: the originals stay
+            picked = exc.queued if isinstance(exc, Stalled) else []
+            self._stall_pickup(exc.cause if isinstance(exc, Stalled) else exc, now)
+        else:
+            self.pickup_delay = 0.0
+        self.listing_picked += len(picked)
+        return picked
+
+    def _stall_pickup(self, exc: BaseException, now: float) -> None:
+        """Back pickup off (doubling up to a minute); --once gives it up and exits 75."""
+        self.pickup_delay = min(PICKUP_BACKOFF_MAX, max(PICKUP_BACKOFF_MIN, self.pickup_delay * 2))
+        self.pickup_stall_until = now + self.pickup_delay
+        self.backlog.clear()  # listed again after the pause
+        self.pickup_gave_up = self.once
+        log.error(logs.kv(event="pickup-stalled", error=describe(exc), retry_in=self.pickup_delay))
+
     def _pickup(self, batch: list[str]) -> list[str]:
         try:
-            return pickup(self.spool, self.ctx.cfg.max_message_size, names=batch)
+            return pickup(
+                self.spool,
+                self.ctx.cfg.max_message_size,
+                names=batch,
+                skips=self.skips,
+                owners=self.uids,
+            )
         finally:
             self.poke()
 
@@ -347,9 +415,22 @@ class Worker:
         now = self.ctx.now()
         if pause.queue_paused_until(self.spool) > now or self.stall_until > now:
             return EX_TEMPFAIL
-        return 0
+        return EX_TEMPFAIL if self.pickup_gave_up else 0
 
     def drain_inflight(self) -> None:
+        if self.stopping.is_set():
+            # SIGTERM: in-flight work gets STOP_GRACE seconds, not as long as
+            # a hostile message or a slow upload would take. What is left
+            # stays claimed in active/; the kernel drops the flocks when we
+            # exit and the next start recovers it (the resend window is the
+            # same as after kill -9).
+            running: list[Future[Any]] = list(self.inflight.values())
+            if self.picking is not None:
+                running.append(self.picking)
+            _, late = futures_wait(running, timeout=STOP_GRACE)
+            if late:
+                self.unfinished = len(late)
+                return
         self.pickup_pool.shutdown(wait=True)  # its copies are queued, or their originals stay
         self.pool.shutdown(wait=True)
         self.reap()
@@ -405,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """Start up (errors end here, through run_main), then run until done or stopped."""
+    # Whoever starts it (an admin's shell has umask 022): logs and spool
+    # files it creates are never world-readable.
+    os.umask(0o027)
     cfg = config.load(args.config)
     logs.setup(cfg.log_dir, args.verbose)
     concurrency = cfg.integer("CONCURRENCY")
@@ -416,6 +500,7 @@ def serve(args: argparse.Namespace) -> int:
     cpu = affinity.apply(cfg.get("WORKER_CPU"))  # before any thread starts
     ctx = build_context(cfg)
     cleanup.enabled(ctx)  # SENT_ITEMS must be keep or delete: exit 78 now
+    protection.validate(ctx)  # MAILBOX_RATE, DAILY_RECIPIENT_LIMIT
     worker = Worker(ctx, concurrency, args.once)
 
     def stop(signum: int, frame: Any) -> None:
@@ -442,6 +527,12 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         ctx.transport.close()
     log.info(logs.kv(event="stop", **{o.value: n for o, n in worker.outcomes.items()}))
+    if worker.unfinished:
+        log.warning(logs.kv(event="stop-timeout", unfinished=worker.unfinished, grace=STOP_GRACE))
+        logging.shutdown()
+        # Pool threads still run (a long parse, a slow request): do not wait
+        # for them at interpreter exit. Their messages stay in active/.
+        os._exit(code)
     return code
 
 

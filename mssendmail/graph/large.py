@@ -59,6 +59,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from mssendmail.delivery.limits import LimitExceeded, check_comments
 from mssendmail.errors import DeliveryError, PermanentFailure, TemporaryFailure
 from mssendmail.graph.classify import (
     classify_http,
@@ -169,12 +170,58 @@ def _header_end(mime: bytes, start: int, end: int) -> int:
 
 
 def _parse_headers(block: bytes) -> Message:
+    # The default policy's header parser recurses on nested comments.
+    try:
+        check_comments("a MIME part header", block.decode("latin-1"))
+    except LimitExceeded as exc:
+        raise PermanentFailure(str(exc), code=exc.limit) from None
     return BytesHeaderParser(policy=default_policy).parsebytes(block)
 
 
-def parse(mime: bytes, start: int = 0, end: int | None = None, depth: int = 0) -> Part:
-    """The MIME tree of mime[start:end]; malformed multiparts become leaves."""
+@dataclass
+class PartBudget:
+    """Limits for parse(): more parts or deeper nesting raise LimitExceeded."""
+
+    max_parts: int
+    max_depth: int
+    parts: int = 0
+
+    def check_count(self, more: int) -> None:
+        """Refuse early when a multipart's delimiters alone exceed what is left."""
+        if self.parts + more - 1 > self.max_parts:
+            self.parts = self.max_parts
+            self.spend(0)
+
+    def spend(self, depth: int) -> None:
+        self.parts += 1
+        if self.parts > self.max_parts:
+            raise LimitExceeded(
+                "MAX_MIME_PARTS",
+                f"MIME parts: more than MAX_MIME_PARTS={self.max_parts}; "
+                "raise MAX_MIME_PARTS in the config to send it",
+            )
+        if depth > self.max_depth:
+            raise LimitExceeded(
+                "MAX_MIME_DEPTH",
+                f"MIME nesting: deeper than MAX_MIME_DEPTH={self.max_depth}; "
+                "raise MAX_MIME_DEPTH in the config to send it",
+            )
+
+
+def parse(
+    mime: bytes,
+    start: int = 0,
+    end: int | None = None,
+    depth: int = 0,
+    budget: PartBudget | None = None,
+) -> Part:
+    """The MIME tree of mime[start:end]; malformed multiparts become leaves.
+
+    Recursion is bounded by MAX_DEPTH (and the budget's max_depth), never by the input.
+    """
     end = len(mime) if end is None else end
+    if budget is not None:
+        budget.spend(depth)
     body = _header_end(mime, start, end)
     headers = _parse_headers(mime[start:body])
     part = Part(start, body, end, headers, depth=depth)
@@ -188,12 +235,16 @@ def parse(mime: bytes, start: int = 0, end: int | None = None, depth: int = 0) -
         boundary = raw_boundary.encode("ascii")
     except UnicodeEncodeError:
         return part
+    if budget is not None:
+        # bytes.count runs in C: a bomb of 60,000 parts is refused here,
+        # before a Python loop walks its delimiters.
+        budget.check_count(mime.count(b"\r\n--" + boundary, body, end))
     delims = _delimiters(mime, body, end, boundary)
     if delims is None or len(delims) < 2:
         return part  # no close delimiter or no part: leave it alone
     part.boundary = boundary
     for (d_start, content_start), (next_start, _) in zip(delims, delims[1:]):
-        child = parse(mime, content_start, next_start, depth + 1)
+        child = parse(mime, content_start, next_start, depth + 1, budget)
         child.cut = (d_start, next_start)
         part.children.append(child)
     part.close = delims[-1][0]
@@ -229,6 +280,17 @@ def _delimiters(mime: bytes, body: int, end: int, boundary: bytes) -> list[tuple
         found.append((d_start, min(line_end + 2, end)))
         pos = line_end
     return None
+
+
+def attachment_count(root: Part) -> int:
+    """Leaves a reader sees as files: what Graph would turn into attachments."""
+    return sum(1 for p in walk_leaves(root) if not _is_body_text(p))
+
+
+def graph_requests(the_plan: Plan) -> int:
+    """Requests one attempt of this plan makes: draft, sessions, chunks, posts, send."""
+    uploads = sum(1 + -(-a.size // CHUNK) for a in the_plan.uploads)
+    return 2 + uploads + len(the_plan.posts)
 
 
 def walk_leaves(part: Part) -> Iterator[Part]:
@@ -524,6 +586,14 @@ class LargeSender:
     def send(self, mime: bytes) -> Delivered:
         started = time.monotonic()
         the_plan = plan(mime)
+        requests_needed = graph_requests(the_plan)
+        limit = getattr(self.t, "max_requests", None)
+        if limit is not None and requests_needed > limit:
+            raise PermanentFailure(
+                f"Graph requests for this large message: {requests_needed} is over "
+                f"MAX_GRAPH_REQUESTS={limit}; raise MAX_GRAPH_REQUESTS in the config to send it",
+                code="MAX_GRAPH_REQUESTS",
+            )
         draft_id = self.create_draft(the_plan.draft)
         del the_plan.draft  # the draft's copy is no longer needed
         try:

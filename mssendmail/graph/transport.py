@@ -37,6 +37,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import Timeout
 
 from mssendmail.config import Config
+from mssendmail.delivery.limits import Limits
 from mssendmail.errors import ConfigurationFailure
 from mssendmail.graph.classify import classify_http, mark_unknown, network_error, network_unknown
 from mssendmail.graph.clouds import endpoints
@@ -74,6 +75,7 @@ class GraphTransport:
     ) -> None:
         self.tokens = tokens
         self.graph_url = graph_url.rstrip("/")
+        self.max_requests: int | None = None  # per large-message attempt (MAX_GRAPH_REQUESTS)
         # urllib3's total budget covers connect, upload and the wait for the
         # answer (each later step gets what is left), unlike requests' tuple.
         self.timeout = Timeout(connect=min(CONNECT_TIMEOUT, timeout / 2), total=timeout)
@@ -102,12 +104,14 @@ class GraphTransport:
         ends = endpoints(cfg)
         tokens = TokenProvider.from_config(cfg)
         concurrency = cfg.integer("CONCURRENCY")
-        return cls(
+        transport = cls(
             tokens,
             ends.graph_url,
             timeout=cfg.seconds("GRAPH_TIMEOUT") or DEFAULT_TIMEOUT,
             pool_size=max(concurrency, 1) * 2,
         )
+        transport.max_requests = Limits.from_config(cfg).graph_requests
+        return transport
 
     def __repr__(self) -> str:
         return f"GraphTransport({self.graph_url})"

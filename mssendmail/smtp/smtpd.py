@@ -53,6 +53,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ from mssendmail.errors import (
     UsageError,
     run_main,
 )
+from mssendmail.smtp import guard
 from mssendmail.smtp.protocol import QueueHandler, Server, local_hostname
 from mssendmail.spool.layout import Spool
 
@@ -258,6 +260,7 @@ class Settings:
     tls: ssl.SSLContext | None = None
     authenticator: Authenticator | None = None
     sockets: list[socket.socket] = field(default_factory=list)
+    deadlines: guard.Deadlines = field(default_factory=guard.Deadlines)
 
 
 def tls_context(cfg: config.Config) -> ssl.SSLContext | None:
@@ -296,7 +299,9 @@ def settings(cfg: config.Config, sockets: list[socket.socket]) -> Settings:
             f"AUTH on non-loopback {', '.join(public)} needs STARTTLS; "
             "set SMTPD_TLS_CERT and SMTPD_TLS_KEY"
         )
-    return Settings(handler, listen, max_clients, tls, authenticator, sockets)
+    return Settings(
+        handler, listen, max_clients, tls, authenticator, sockets, guard.Deadlines.from_config(cfg)
+    )
 
 
 class _Busy(asyncio.Protocol):
@@ -313,16 +318,45 @@ class Daemon:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.sessions: set[Server] = set()
+        self.sessions: set[guard.GuardedServer] = set()
         self.servers: list[asyncio.Server] = []
+        self.watchdog: asyncio.Task[None] | None = None
+
+    def peer_ok(self, peer: object) -> bool:
+        """SMTPD_MAX_PER_PEER for remote peers; loopback clients share one address."""
+        host = guard.peer_host(peer)
+        if host is None or is_loopback(host):
+            return True
+        same = sum(1 for s in self.sessions if guard.peer_host(s.peer) == host)
+        return same <= self.settings.deadlines.per_peer  # this session is counted already
+
+    def make_room(self) -> bool:
+        """At SMTPD_MAX_CLIENTS: end the session idle longest, if idle STRESS_IDLE or more."""
+        now = time.monotonic()
+        idle = max(self.sessions, key=lambda s: s.waited(now), default=None)
+        if idle is None or idle.waited(now) < guard.STRESS_IDLE:
+            return False
+        idle.end("server busy and you were idle")
+        self.sessions.discard(idle)
+        return True
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for session in list(self.sessions):
+                why = session.late(now, self.settings.deadlines)
+                if why is not None:
+                    log.info("ending session from %s: %s", session.peer, why)
+                    session.end(why)
 
     def factory(self, loopback: bool) -> Callable[[], asyncio.BaseProtocol]:
         s = self.settings
 
         def make() -> asyncio.BaseProtocol:
-            if len(self.sessions) >= s.max_clients:
+            if len(self.sessions) >= s.max_clients and not self.make_room():
                 return _Busy()
-            session: Server
+            session: guard.GuardedServer
 
             def done() -> None:
                 self.sessions.discard(session)
@@ -330,8 +364,9 @@ class Daemon:
             with warnings.catch_warnings():
                 # AUTH without TLS on loopback is a deliberate choice, not a mistake.
                 warnings.simplefilter("ignore")
-                session = Server(
+                session = guard.GuardedServer(
                     s.handler,
+                    peer_ok=self.peer_ok,
                     authenticator=s.authenticator,
                     auth_required=s.authenticator is not None,
                     auth_require_tls=not loopback,
@@ -358,11 +393,14 @@ class Daemon:
         for server in self.servers:
             for sock in server.sockets:
                 log.info("listening on %s", sock.getsockname())
+        self.watchdog = asyncio.get_running_loop().create_task(self.watch())
 
     async def stop(self) -> None:
         """Stop accepting, let queue writes finish, then end every session with 421."""
         for server in self.servers:
             server.close()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SHUTDOWN_GRACE
         while self.settings.handler.inflight and loop.time() < deadline:

@@ -68,7 +68,9 @@ def load(path: str) -> dict[str, Any]:
 
 
 def store(path: str, doc: dict[str, Any]) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
+    """Replace path; callers hold its lock, so one fixed temp name suffices and a
+    killed writer's leftover is simply overwritten by the next store."""
+    tmp = f"{path}.tmp"
     try:
         with open(tmp, "w") as fh:
             json.dump(doc, fh, sort_keys=True)

@@ -29,6 +29,17 @@ FOOTER_LEN = len(MAGIC) + 1 + 20 + 1 + 10 + 1 + 64 + 1
 MAX_ENVELOPE = 1024 * 1024
 CHUNK = 256 * 1024
 VERSION = 1
+MAX_TIME = 16725225600  # 2500-01-01: any time beyond is hostile or a bug
+
+
+def time_ok(value: object) -> bool:
+    """A Unix time that every time function can take: a finite number in [0, MAX_TIME].
+
+    JSON from a submitter may hold NaN, Infinity or 1e20 (json.loads takes them).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return 0 <= value <= MAX_TIME  # False for NaN
 
 
 class CorruptRecord(DataError):
@@ -157,10 +168,11 @@ def parse_footer(tail: bytes, file_size: int) -> tuple[int, int, str]:
     parts = tail.split(b" ")
     if len(tail) != FOOTER_LEN or len(parts) != 4 or parts[0] != MAGIC or not tail.endswith(b"\n"):
         raise CorruptRecord("no record footer: the file is torn or not a spool record")
-    try:
-        message_len, envelope_len = int(parts[1]), int(parts[2])
-    except ValueError:
-        raise CorruptRecord("malformed record footer") from None
+    # Digits only: int() also takes "0_000211" and "+00211", so a flipped
+    # padding zero would go unnoticed.
+    if not (parts[1].isdigit() and parts[2].isdigit()):
+        raise CorruptRecord("malformed record footer")
+    message_len, envelope_len = int(parts[1]), int(parts[2])
     digest = parts[3][:-1].decode("ascii", "replace")
     if message_len + envelope_len + FOOTER_LEN != file_size or envelope_len > MAX_ENVELOPE:
         raise CorruptRecord("record lengths do not match the file size")
@@ -229,8 +241,8 @@ def validate_envelope(envelope: dict[str, Any]) -> None:
             raise CorruptRecord("envelope has an empty recipient")
     if envelope.get("full_name") is not None:
         _clean_text(envelope["full_name"], "full_name")
-    if not isinstance(envelope.get("time", 0), (int, float)):
-        raise CorruptRecord("envelope time is not a number")
+    if not time_ok(envelope.get("time", 0)):
+        raise CorruptRecord("envelope time is not a time between 1970 and 2500")
 
 
 def read_message(fh: BinaryIO, message_len: int) -> bytes:

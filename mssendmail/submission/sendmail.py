@@ -187,8 +187,9 @@ def submit(cfg: Config, opts: flags.Options, stdin_fd: int = 0) -> str:
     """
     from mssendmail.spool.layout import Spool
     from mssendmail.spool.record import MAX_ENVELOPE, encode_envelope
-    from mssendmail.submission.writer import Submission, make_envelope
+    from mssendmail.submission.writer import Submission, check_quota, make_envelope
 
+    check_quota(Spool(cfg.queue_dir), os.getuid())
     sender = parse_sender(opts.sender) if opts.sender is not None else ""
     full_name = check_full_name(opts.full_name) if opts.full_name is not None else None
     argv_rcpts = _argv_recipients(opts.recipients)

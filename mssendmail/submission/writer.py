@@ -68,6 +68,23 @@ def make_envelope(
     }
 
 
+OVER_CAP_FILE = "over-cap"  # written by the worker (delivery/fairness.py)
+
+
+def check_quota(spool: Spool, uid: int) -> None:
+    """SpoolError (exit 75) when the worker lists this uid as at MAX_QUEUED_PER_USER."""
+    try:
+        with open(os.path.join(spool.root, OVER_CAP_FILE), "rb") as fh:
+            listed = fh.read(1 << 20).split()
+    except OSError:
+        return  # no file: nobody is over the cap, or no cap
+    if str(uid).encode() in listed:
+        raise SpoolError(
+            "you have as many messages waiting as MAX_QUEUED_PER_USER allows; "
+            "try again later, when some have been sent"
+        )
+
+
 class Submission:
     """One message on its way into maildrop/."""
 

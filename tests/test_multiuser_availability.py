@@ -1,0 +1,179 @@
+"""No local user can stop delivery for the others: real users, a real worker (root only).
+
+The worker runs as the mssendmail user, as the shipped unit runs it; the
+attacker (mssendmail-t1) and the victim (mssendmail-t2) are ordinary users
+without any group membership. See tests/test_multiuser.py for the setup.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mssendmail.spool.layout import CORRUPT, MAILDROP, SERVICE_USER, init_tree, new_id
+from tests.test_multiuser import (
+    ROOT,
+    USERS,
+    as_user,
+    ensure_user,
+    probe,
+    python_for,
+    sendmail_cmd,
+)
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def world() -> Iterator[dict[str, Any]]:
+    service = ensure_user(SERVICE_USER, system=True)
+    users = [ensure_user(name) for name in USERS]
+    base = tempfile.mkdtemp(prefix="mssendmail-availability-")
+    os.chmod(base, 0o755)
+    try:
+        spool = os.path.join(base, "queue")
+        init_tree(spool)
+        outbox = os.path.join(base, "outbox")
+        os.mkdir(outbox, 0o750)
+        os.chown(outbox, service.pw_uid, service.pw_gid)
+        cfg = os.path.join(base, "mssendmail.env")
+        Path(cfg).write_text(
+            f"QUEUE_DIR={spool}\nTRANSPORT=file\nOUTBOX_DIR={outbox}\n"
+            "SENDER=relay@example.com\nRETRY_MIN=1s\nRETRY_MAX=2s\nWORKER_CPU=all\n"
+        )
+        os.chown(cfg, 0, grp.getgrnam(SERVICE_USER).gr_gid)
+        os.chmod(cfg, 0o640)
+        env = {"PATH": "/usr/bin:/bin", "MSSENDMAIL_CONFIG": cfg, "QUEUE_DIR": spool}
+        yield {
+            "spool": spool,
+            "outbox": outbox,
+            "env": env,
+            "python": python_for(users[0]),
+            "service": service,
+            "t1": users[0],
+            "t2": users[1],
+        }
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def worker_cmd(world: dict[str, Any], *args: str) -> list[str]:
+    code = (
+        f"import sys; sys.path.insert(0, {ROOT!r});"
+        " from mssendmail.delivery.worker import main; sys.exit(main(sys.argv[1:]))"
+    )
+    return [*world["python"], code, *args]
+
+
+def submit(world: dict[str, Any], who: str, marker: str) -> None:
+    proc = as_user(
+        world[who],
+        [*sendmail_cmd(world["python"]), "-i", "bob@example.com"],
+        world["env"],
+        f"Subject: {marker}\n\n{marker}\n".encode(),
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def delivered(world: dict[str, Any], marker: str) -> bool:
+    for name in os.listdir(world["outbox"]):
+        try:
+            if marker.encode() in Path(world["outbox"], name).read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def plant_traps(world: dict[str, Any]) -> list[str]:
+    """As t1: every kind of entry that stopped or slowed pickup on 3981602."""
+    md = os.path.join(world["spool"], MAILDROP)
+    dirs = ["0", new_id(), "tmp.trap", "ffffffffffffffffff"]
+    code = "\n".join(
+        [
+            *(f"t('mkdir {d}', lambda: os.mkdir({os.path.join(md, d)!r}))" for d in dirs),
+            f"t('nested', lambda: open({os.path.join(md, dirs[1], 'x')!r}, 'w').close())",
+            f"t('fifo', lambda: os.mkfifo({os.path.join(md, new_id())!r}))",
+            f"t('unreadable', lambda: os.close(os.open({os.path.join(md, new_id())!r},"
+            " os.O_CREAT | os.O_WRONLY, 0)))",
+            f"t('bad name', lambda: open({os.path.join(md, 'bad name')!r}, 'w').close())",
+        ]
+    )
+    result = probe(world, "t1", code)
+    assert set(result.values()) == {"ok"}, result
+    return dirs
+
+
+def test_once_terminates_and_delivers_past_every_trap(world: dict[str, Any]) -> None:
+    dirs = plant_traps(world)
+    submit(world, "t2", "victim-once")
+    started = time.monotonic()
+    proc = as_user(world["service"], worker_cmd(world, "--once"), world["env"])
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert elapsed < 30, elapsed
+    assert delivered(world, "victim-once")
+    log = proc.stderr.decode()
+    assert "pickup-stalled" not in log and "Traceback" not in log
+    assert log.count("event=maildrop-skipped") == len(dirs)
+    # what could be moved is in corrupt/; the directories are left for the admin
+    left = sorted(os.listdir(os.path.join(world["spool"], MAILDROP)))
+    assert left == sorted(dirs)
+    assert len([n for n in os.listdir(os.path.join(world["spool"], CORRUPT))]) == 2 * 3
+
+
+def test_service_worker_delivers_within_5s_and_admin_purges_the_traps(
+    world: dict[str, Any],
+) -> None:
+    dirs = plant_traps(world)
+    worker = subprocess.Popen(
+        worker_cmd(world),
+        env=world["env"],
+        cwd="/",
+        user=world["service"].pw_uid,
+        group=world["service"].pw_gid,
+        extra_groups=[],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1.5)  # the traps are seen and skipped
+        submit(world, "t2", "victim-service")
+        submitted = time.monotonic()
+        while not delivered(world, "victim-service"):
+            assert time.monotonic() - submitted < 5, "not delivered within 5 s"
+            assert worker.poll() is None
+            time.sleep(0.05)
+        time.sleep(2.5)  # more rounds: the skipped entries must not be logged again
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=10)
+    assert worker.returncode == 0
+    log = err.decode()
+    assert log.count("event=maildrop-skipped") == len(dirs), log
+    assert "pickup-stalled" not in log and "Traceback" not in log
+    fds_note = [line for line in log.splitlines() if "EMFILE" in line or "Too many" in line]
+    assert not fds_note
+
+    queue = [
+        *world["python"],
+        f"import sys; sys.path.insert(0, {ROOT!r}); from mssendmail.admin.cli import main;"
+        " sys.exit(main(sys.argv[1:]))",
+    ]
+    dry = subprocess.run(
+        [*queue, "purge-maildrop", "--dry-run"], env=world["env"], capture_output=True
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.decode().count("directory") == len(dirs)
+    done = subprocess.run([*queue, "purge-maildrop"], env=world["env"], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(os.path.join(world["spool"], MAILDROP)) == []
