@@ -80,7 +80,13 @@ def take(spool: Spool, queue_id: str, allowed: Iterable[str]) -> Claim:
                     "see the reason record there"
                 )
         if area is None:
-            break
+            if status.is_sent(spool, queue_id):
+                break
+            # locate() looks in one directory after another, so a message the
+            # worker renames between two of them (deferred/ -> active/) can
+            # look absent for a moment: look again before saying "no such".
+            time.sleep(0.02)
+            continue
         if area not in allowed:
             raise _wrong_state(spool, queue_id, area, allowed)
         held = lock(spool, queue_id, area)
