@@ -50,12 +50,17 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, config_file: Path) -> Iterator[No
 
 
 @pytest.fixture(autouse=True)
-def _restore_mssendmail_logger() -> Iterator[None]:
+def _restore_process_state() -> Iterator[None]:
     """An in-process main() runs logs.setup(), which stops propagation to the root
-    logger; undo it after each test so that later tests' caplog sees the records."""
+    logger, and sets the umask; undo both after each test."""
     logger = logging.getLogger("mssendmail")
     saved = (logger.propagate, list(logger.handlers), logger.level)
+    umask = os.umask(0o022)
+    os.umask(umask)
     yield
+    # The worker's main() sets umask 027 for itself; in-process it would leave
+    # later tests' files unreadable by the other users those tests run as.
+    os.umask(umask)
     logger.propagate, logger.level = saved[0], saved[2]
     for handler in list(logger.handlers):
         if handler not in saved[1]:
