@@ -11,6 +11,7 @@ import logging
 from mssendmail import logs
 from mssendmail.config import Config
 from mssendmail.delivery import idempotency, outcome
+from mssendmail.spool import meta
 from mssendmail.spool.layout import SENT, Spool, sweep_temps
 
 log = logging.getLogger("mssendmail.delivery.housekeeping")
@@ -39,6 +40,8 @@ class Housekeeping:
         for name in sweep_temps(self.spool, now):
             log.info(logs.kv(event="removed-temp", file=name))
         outcome.sweep_sent(self.spool, now)
+        for qid in meta.orphans(self.spool):  # killed between the sent record and meta/ removal
+            meta.remove(self.spool, qid)
 
     def expire_sent(self, now: float) -> None:
         """Forget sent-mail records older than SENT_RETENTION."""

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from mssendmail.spool.layout import Spool, unlink_quiet, write_atomic
+from mssendmail.spool.layout import META, Spool, unlink_quiet, write_atomic
 
 HISTORY_LIMIT = 50
 
@@ -52,3 +52,17 @@ def read_json(path: str) -> dict[str, Any]:
 
 def exists(spool: Spool, queue_id: str) -> bool:
     return os.path.exists(spool.meta_path(queue_id))
+
+
+def orphans(spool: Spool) -> list[str]:
+    """Ids with a meta/ record but no message left in any state, and a sent record.
+
+    A worker killed between the sent record's rename and the meta/ removal
+    leaves one; nothing would ever read or remove it otherwise.
+    """
+    try:
+        names = os.listdir(spool.dir(META))
+    except OSError:
+        return []
+    ids = [name[: -len(".json")] for name in names if name.endswith(".json")]
+    return [qid for qid in ids if spool.locate(qid) is None and spool.is_sent(qid)]
