@@ -555,7 +555,8 @@ def cmd_test(cfg: config.Config, spool: Spool, args: argparse.Namespace) -> int:
     with Submission(spool, cfg.max_message_size) as sub:
         sub.write(compose_test(addr))
         queue_id = sub.commit(make_envelope("", [addr], source="mssendmail-queue test"))
-    print(queue_id)
+    # Flushed: a script or a pipe reads the id while --wait is still following it.
+    print(queue_id, flush=True)
     if not args.wait:
         return 0
     return wait_for(spool, queue_id, args.timeout)
@@ -587,10 +588,12 @@ def wait_for(spool: Spool, queue_id: str, timeout: float) -> int:
             reported = meta.attempts(state)
             code, message = listing.error_fields(state.get("last_error"))
             out(listing.wrap(f"attempt {reported} failed, will retry: ", f"{message} ({code})", 2))
+            sys.stdout.flush()
         warning = paused.line(spool, time.time())
         if warning and not told_pause:
             told_pause = True
             out(listing.wrap("", warning, 2))
+            sys.stdout.flush()
         if time.monotonic() >= deadline:
             where = {MAILDROP: "waiting for pickup (is the worker running?)"}.get(area or "", area)
             print(f"still {where} after {int(timeout)}s; see 'mssendmail-queue show {queue_id}'")
