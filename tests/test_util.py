@@ -407,7 +407,7 @@ def test_env_template_explains_every_key() -> None:
 def test_env_template_sets_nothing() -> None:
     """Installed as /etc/mssendmail/.env it must not change any default."""
     text = (UTIL / "mssendmail.env.example").read_text()
-    assert config.parse_env_text(text) == {}
+    assert config.parse_env_text(text) == ({}, [])  # and it parses
 
 
 def doc_section(doc: str, name: str) -> str:

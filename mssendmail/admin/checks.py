@@ -170,6 +170,9 @@ def check_config(cfg: Config) -> Result:
         if cfg.path and os.path.exists(cfg.path):
             return Result(FAIL, name, f"cannot read {cfg.path}; run as root")
         return Result(WARN, name, f"{cfg.path} does not exist; running on defaults and environment")
+    problem = cfg.syntax_problem()
+    if problem is not None:
+        return Result(FAIL, name, problem)
     try:
         startup.check_settings(cfg)
         Limits.from_config(cfg)
