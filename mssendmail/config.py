@@ -43,6 +43,7 @@ DEFAULTS: dict[str, str] = {
     "SENDER": "",
     "FROM_NAME": "",
     "ALLOWED_FROM": "",
+    "ALLOWED_FROM_USERS": "",
     "ALIASES": "",
     "ADMIN_ADDRESS": "",
     "LOCAL_DOMAIN": "",
