@@ -2,7 +2,8 @@
 
 Each check returns PASS, WARN or FAIL with one line saying what was seen
 and, when it is not PASS, what to do. In order: the config parses and its
-values are usable (unknown keys flagged), exactly one credential, SENDER
+values are usable (unknown keys flagged), who may send as which From
+(ALLOWED_FROM, ALLOWED_FROM_USERS), exactly one credential, SENDER
 and the address policy, the secrets file is not readable by everyone, the
 spool is usable and has the modes `init` gives it, LOG_DIR, a token can be
 acquired, the token's ``roles`` claim holds Mail.Send (FAIL without) and
