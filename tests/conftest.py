@@ -68,42 +68,7 @@ def _restore_process_state() -> Iterator[None]:
             handler.close()
 
 
-# Users and groups this session created (tests/test_multiuser.py's ensure_user,
-# the install.sh tests). As root they are removed when the session ends, so a
-# run leaves the machine as it found it: install.sh would otherwise reuse a
-# leftover "mssendmail" user. Only what this session created goes: another
-# session on the same machine may be using accounts it made itself.
-CREATED_ACCOUNTS: list[str] = []
-
-
-def account_exists(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def note_created(name: str, existed_before: bool) -> None:
-    """Record that this session made the account `name` (if it did not exist before)."""
-    if not existed_before and account_exists(name) and name not in CREATED_ACCOUNTS:
-        CREATED_ACCOUNTS.append(name)
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    import grp
-    import shutil
-    import subprocess
+    from tests.accounts import remove_created
 
-    if os.geteuid() != 0 or shutil.which("userdel") is None:
-        return
-    for name in CREATED_ACCOUNTS:
-        subprocess.run(["userdel", name], capture_output=True, check=False)
-        try:
-            grp.getgrnam(name)
-        except KeyError:
-            continue
-        if shutil.which("groupdel"):
-            subprocess.run(["groupdel", name], capture_output=True, check=False)
+    remove_created()

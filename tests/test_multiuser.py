@@ -35,7 +35,7 @@ import pytest
 
 from mssendmail.spool import record
 from mssendmail.spool.layout import MAILDROP, QUEUE, SERVICE_USER, init_tree
-from tests.conftest import note_created
+from tests.accounts import note_created
 
 pytestmark = pytest.mark.root
 

@@ -21,7 +21,7 @@ import pytest
 
 from mssendmail import config
 from mssendmail.spool import layout as spool
-from tests.conftest import account_exists, note_created
+from tests.accounts import account_exists, note_created
 
 REPO = Path(__file__).resolve().parent.parent
 UTIL = REPO / "util"
