@@ -16,7 +16,7 @@ load hits all alike:
 
 The same loop then runs once more as root, whose submission fsyncs
 maildrop/ directly; an unprivileged submitter cannot open maildrop/ and
-syncfs(2)s the file system instead (mssendmail/spool/layout.py).
+syncfs(2)s the file system instead, through _ctypes (mssendmail/spool/layout.py).
 
 Goal: median(sendmail) / median(baseline) <= 1.5. Prints a summary; exits 1
 on a miss. Needs root and mmdebstrap.

@@ -149,6 +149,45 @@ def test_directory_fsync_falls_back_to_syncfs(
     assert len(synced) == 1
 
 
+def test_syncfs_flushes_and_reports_errors(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        spool_mod.syncfs(fd)  # the fast path: _ctypes, no ctypes
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as info:
+        spool_mod.syncfs(fd)  # closed: the ctypes fallback reports errno
+    assert info.value.errno == errno.EBADF
+
+
+def test_syncfs_without_private_ctypes_functions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Python whose _ctypes lacks call_function still syncs, through ctypes."""
+    import _ctypes
+
+    monkeypatch.delattr(_ctypes, "call_function")
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        spool_mod.syncfs(fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as info:
+        spool_mod.syncfs(fd)
+    assert info.value.errno == errno.EBADF
+
+
+def test_syncfs_does_not_import_ctypes(tmp_path: Path) -> None:
+    """Importing ctypes proper is what the unprivileged submission path must not pay for."""
+    code = (
+        "import os, sys; from mssendmail.spool.layout import syncfs;"
+        f"fd = os.open({str(tmp_path)!r}, os.O_RDONLY); syncfs(fd);"
+        "print('ctypes' in sys.modules, '_ctypes' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["False", "True"], proc.stderr
+
+
 def test_failed_commit_takes_the_message_back(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,6 +293,7 @@ def test_submission_path_does_not_load_heavy_modules() -> None:
         "dataclasses",
         "contextlib",
         "ctypes",
+        "_ctypes",  # only an unprivileged commit imports it
         "json",
         "signal",
         "email.utils",
