@@ -75,6 +75,14 @@ def worker_cmd(world: dict[str, Any], *args: str) -> list[str]:
     return [*world["python"], code, *args]
 
 
+def queue_cmd(world: dict[str, Any]) -> list[str]:
+    return [
+        *world["python"],
+        f"import sys; sys.path.insert(0, {ROOT!r}); from mssendmail.admin.cli import main;"
+        " sys.exit(main(sys.argv[1:]))",
+    ]
+
+
 def submit(world: dict[str, Any], who: str, marker: str) -> None:
     proc = as_user(
         world[who],
@@ -164,11 +172,7 @@ def test_service_worker_delivers_within_5s_and_admin_purges_the_traps(
     fds_note = [line for line in log.splitlines() if "EMFILE" in line or "Too many" in line]
     assert not fds_note
 
-    queue = [
-        *world["python"],
-        f"import sys; sys.path.insert(0, {ROOT!r}); from mssendmail.admin.cli import main;"
-        " sys.exit(main(sys.argv[1:]))",
-    ]
+    queue = queue_cmd(world)
     dry = subprocess.run(
         [*queue, "purge-maildrop", "--dry-run"], env=world["env"], capture_output=True
     )
@@ -177,3 +181,55 @@ def test_service_worker_delivers_within_5s_and_admin_purges_the_traps(
     done = subprocess.run([*queue, "purge-maildrop"], env=world["env"], capture_output=True)
     assert done.returncode == 0, done.stderr
     assert os.listdir(os.path.join(world["spool"], MAILDROP)) == []
+
+
+def test_root_deletes_a_record_its_owner_keeps_locked(world: dict[str, Any]) -> None:
+    """t1 names a valid record 000000000000000000 and holds its flock for ever (issue 12.4)."""
+    md = os.path.join(world["spool"], MAILDROP)
+    zero = os.path.join(md, "000000000000000000")
+    code = (
+        f"import fcntl, os, sys; sys.path.insert(0, {ROOT!r})\n"
+        "from mssendmail.spool.layout import Spool\n"
+        "from mssendmail.submission.writer import Submission, make_envelope\n"
+        f"spool = Spool({world['spool']!r})\n"
+        "with Submission(spool, 1 << 20) as sub:\n"
+        "    sub.write(b'Subject: locked\\n\\nlocked\\n')\n"
+        "    qid = sub.commit(make_envelope('', ['bob@example.com']))\n"
+        f"os.rename(spool.path('maildrop', qid), {zero!r})\n"
+        f"fd = os.open({zero!r}, os.O_RDONLY)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [*world["python"], code],
+        env=world["env"],
+        cwd="/",
+        user=world["t1"].pw_uid,
+        group=world["t1"].pw_gid,
+        extra_groups=[],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        assert os.stat(zero).st_uid == world["t1"].pw_uid
+        started = time.monotonic()
+        done = subprocess.run(
+            [*queue_cmd(world), "delete", "--yes", "000000000000000000"],
+            env=world["env"],
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert time.monotonic() - started < 10
+        assert b"deleted" in done.stdout and done.stderr == b""
+        assert not os.path.lexists(zero)
+        # the worker never queues what was deleted, lock or no lock
+        proc = as_user(world["service"], worker_cmd(world, "--once"), world["env"])
+        assert proc.returncode == 0, proc.stderr
+        assert os.listdir(world["outbox"]) == []
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
