@@ -15,9 +15,10 @@ import pytest
 
 from mssendmail.admin import actions as admin
 from mssendmail.admin.cli import main
+from mssendmail.delivery.pickup import pickup
 from mssendmail.spool import meta, pause
 from mssendmail.spool.claim import claim, lock
-from mssendmail.spool.layout import ACTIVE, DEAD, DEFERRED, HOLD, QUEUE, Spool
+from mssendmail.spool.layout import ACTIVE, DEAD, DEFERRED, HOLD, MAILDROP, QUEUE, Spool
 from tests import queuedemo
 
 BIN = Path(sys.executable).parent
@@ -333,3 +334,88 @@ def test_admin_commands_racing_a_worker_never_double_act(
             assert qid in sent and where is None, (qid, result)
     assert len(outcomes) == 40
     print(sorted(outcomes.values()).count("sent"), "sent by the worker first")
+
+
+# -- a maildrop/ entry its submitter keeps locked (issue 12.4) --------------------
+
+
+def _locked_by_another_holder(spool: Spool, qid: str) -> int:
+    """A second open file description with the flock: as the submitter holding it would."""
+    import fcntl
+
+    fd = os.open(spool.path(MAILDROP, qid), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_delete_removes_a_submission_its_owner_keeps_locked(
+    spool: Spool, config_file: Path, clean_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    [qid] = queuedemo.submit(spool, 1)
+    fd = _locked_by_another_holder(spool, qid)
+    try:
+        code, _, err = run(capsys, "hold", qid, "--config", str(config_file))
+        assert code == 75 and err.count("\n") == 1 and "still in maildrop/" in err
+        started = time.monotonic()
+        code, out, err = run(capsys, "delete", "--yes", qid, "--config", str(config_file))
+        assert code == 0, err
+        assert time.monotonic() - started < 5
+        assert out == f"{qid}: deleted (it was held locked in maildrop/)\n"
+        assert spool.locate(qid) is None
+    finally:
+        os.close(fd)
+    pickup(spool, 1 << 24)
+    assert spool.ids(QUEUE) == []
+
+
+def test_a_delete_while_pickup_copies_the_message_is_not_undone(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker holds the original's flock while it copies: the delete goes on, the copy goes."""
+    from mssendmail.delivery import pickup as pickup_module
+
+    [qid] = queuedemo.submit(spool, 1)
+    real_commit = pickup_module._commit
+    results: list[str] = []
+
+    def delete_first(spool: Spool, staged: list[pickup_module.Staged]) -> list[str]:
+        results.append(admin.delete(spool, qid).text)
+        return real_commit(spool, staged)
+
+    monkeypatch.setattr(pickup_module, "_commit", delete_first)
+    assert pickup(spool, 1 << 24) == []
+    assert results == [f"{qid}: deleted (it was held locked in maildrop/)"]
+    assert spool.locate(qid) is None and spool.ids(QUEUE) == []
+
+
+def test_a_delete_after_pickup_linked_its_copy_deletes_the_copy(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other order: the copy is in queue/ (still locked) when the original goes."""
+    import threading
+
+    from mssendmail.delivery import pickup as pickup_module
+
+    [qid] = queuedemo.submit(spool, 1)
+    real_check = pickup_module._original_still_there
+    results: list[str] = []
+
+    def delete_meanwhile(spool: Spool, item: pickup_module.Staged) -> bool:
+        worker = threading.Thread(target=lambda: results.append(admin.delete(spool, qid).text))
+        worker.start()
+        deadline = time.monotonic() + 10
+        while os.path.lexists(spool.path(MAILDROP, qid)):  # the admin removes the original,
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.1)  # then finds the copy in queue/, locked
+        answer = real_check(spool, item)
+        assert answer is False
+        return answer
+
+    monkeypatch.setattr(pickup_module, "_original_still_there", delete_meanwhile)
+    assert pickup(spool, 1 << 24) == []
+    deadline = time.monotonic() + 10
+    while not results and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert results == [f"{qid}: deleted (it was held locked in maildrop/)"]
+    assert spool.locate(qid) is None and spool.ids(QUEUE) == []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -16,7 +18,8 @@ from mssendmail.config import Config
 from mssendmail.delivery.prepare import prepare
 from mssendmail.errors import ConfigError
 from mssendmail.logs import kv
-from mssendmail.spool.layout import QUEUE, Spool
+from mssendmail.spool import record
+from mssendmail.spool.layout import MAILDROP, QUEUE, Spool, new_id
 from tests.test_poison import plant_in_queue
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -124,3 +127,115 @@ def test_check_states_the_allowed_from_trust_model() -> None:
     assert "every local user" in domain.detail and "@example.org" in domain.detail
     single = checks.check_allowed_from(Config({"ALLOWED_FROM": "a@x.org"}))
     assert single.status == checks.PASS
+
+
+def plant_raw(spool: Spool, area: str, qid: str, envelope: bytes) -> None:
+    """A record whose envelope is the given JSON text, checksum and all (no encoder in between)."""
+    body = b"Subject: t\n\nx\n"
+    digest = hashlib.sha256(body + envelope).hexdigest()
+    data = body + envelope + record.footer(len(body), len(envelope), digest)
+    Path(spool.path(area, qid)).write_bytes(data)
+
+
+HOSTILE_TIMES = {
+    "1e400": b"1e400",
+    "NaN": b"NaN",
+    "-1": b"-1",
+    "1e20": b"1e20",
+    "huge int": b"9" * 5000,  # past int()'s digit limit on 3.11+: json.loads raises
+    "string": b'"yesterday"',
+    "deep list": b"[" * 100_000 + b"]" * 100_000,  # json.loads recurses
+}
+
+
+def _strict_json(text: str) -> list[dict[str, object]]:
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"{name} in JSON output")
+
+    return [json.loads(line, parse_constant=no_constants) for line in text.splitlines()]
+
+
+def _every_admin_view(
+    config_file: Path, qid: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> dict[str, str]:
+    """stdout of list, list --json, show, stats (text, JSON, Prometheus) and mailq, in process."""
+    from mssendmail.admin.cli import main as queue
+    from mssendmail.submission.sendmail import main as sendmail
+
+    prom = tmp_path / "m.prom"
+    argvs = (
+        ["list"],
+        ["list", "--json"],
+        ["show", qid],
+        ["stats"],
+        ["stats", "--json"],
+        ["stats", "--prometheus", str(prom)],
+    )
+    outs = {}
+    for args in [*argvs, ["mailq"]]:
+        name = " ".join(args)
+        code = (
+            sendmail(["mailq"])
+            if args == ["mailq"]
+            else queue([*args, "--config", str(config_file)])
+        )
+        out, err = capsys.readouterr()
+        assert code == 0 and err == "", (name, code, err)
+        outs[name] = out
+    _strict_json(outs["list --json"])
+    _strict_json(outs["stats --json"])
+    for line in prom.read_text().splitlines():
+        if not line.startswith("#"):
+            float(line.rsplit(" ", 1)[1])  # every sample a number
+            assert "nan" not in line.lower() and "inf" not in line.lower(), line
+    return outs
+
+
+@pytest.mark.parametrize("area", [QUEUE, MAILDROP])
+@pytest.mark.parametrize("bad", list(HOSTILE_TIMES), ids=list(HOSTILE_TIMES))
+def test_every_admin_view_survives_a_hostile_envelope_time(
+    spool: Spool,
+    config_file: Path,
+    clean_env: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    bad: str,
+    area: str,
+) -> None:
+    qid = new_id()
+    envelope = b'{"recipients":["a@example.com"],"sender":"","time":%s,"v":1}' % HOSTILE_TIMES[bad]
+    plant_raw(spool, area, qid, envelope)
+    runs = _every_admin_view(config_file, qid, tmp_path, capsys)
+    [row] = _strict_json(runs["list --json"])
+    assert row["id"] == qid and row["damaged"]
+    assert f"{qid} " in runs["mailq"] and "unreadable" in runs["mailq"]
+    assert "DAMAGED" in runs["show " + qid]
+
+
+@pytest.mark.parametrize("area", [QUEUE, MAILDROP])
+@pytest.mark.parametrize("qid", ["000000000000000000", "ffffffffffffffffff"])
+def test_an_id_with_an_absurd_time_gives_no_absurd_age(
+    spool: Spool,
+    config_file: Path,
+    clean_env: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    qid: str,
+    area: str,
+) -> None:
+    """A name claims its own submission time: 1970 (56 years of age) or 2106."""
+    plant_raw(spool, area, qid, b'{"recipients":["a@example.com"],"sender":"","v":1}')
+    runs = _every_admin_view(config_file, qid, tmp_path, capsys)
+    [stats] = _strict_json(runs["stats --json"])
+    age = stats["oldest_queued_age"]
+    assert isinstance(age, float) and 0 <= age < 60, age  # the file is seconds old
+    assert "oldest queued: " in runs["stats"]
+    assert re.search(r"oldest queued: \d+s old", runs["stats"]), runs["stats"]
+    prom = (tmp_path / "m.prom").read_text()
+    [sample] = [x for x in prom.splitlines() if x.startswith("mssendmail_oldest_queued_age")]
+    assert 0 <= float(sample.split()[1]) < 60, sample
+    [row] = _strict_json(runs["list --json"])
+    assert row["submitted"] is None and not row["damaged"]  # the envelope has no time
+    assert f"{qid} queued   ?" in runs["list"]
+    assert "submitted:  ?" in runs["show " + qid]
+    assert " ? " in runs["mailq"].splitlines()[1]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from mssendmail.spool.layout import CORRUPT, MAILDROP, SERVICE_USER, init_tree, new_id
+from mssendmail.spool.layout import CORRUPT, MAILDROP, SERVICE_USER, init_tree, is_id, new_id
 from tests.test_multiuser import (
     ROOT,
     USERS,
@@ -73,6 +73,14 @@ def worker_cmd(world: dict[str, Any], *args: str) -> list[str]:
         " from mssendmail.delivery.worker import main; sys.exit(main(sys.argv[1:]))"
     )
     return [*world["python"], code, *args]
+
+
+def queue_cmd(world: dict[str, Any]) -> list[str]:
+    return [
+        *world["python"],
+        f"import sys; sys.path.insert(0, {ROOT!r}); from mssendmail.admin.cli import main;"
+        " sys.exit(main(sys.argv[1:]))",
+    ]
 
 
 def submit(world: dict[str, Any], who: str, marker: str) -> None:
@@ -164,11 +172,7 @@ def test_service_worker_delivers_within_5s_and_admin_purges_the_traps(
     fds_note = [line for line in log.splitlines() if "EMFILE" in line or "Too many" in line]
     assert not fds_note
 
-    queue = [
-        *world["python"],
-        f"import sys; sys.path.insert(0, {ROOT!r}); from mssendmail.admin.cli import main;"
-        " sys.exit(main(sys.argv[1:]))",
-    ]
+    queue = queue_cmd(world)
     dry = subprocess.run(
         [*queue, "purge-maildrop", "--dry-run"], env=world["env"], capture_output=True
     )
@@ -177,3 +181,170 @@ def test_service_worker_delivers_within_5s_and_admin_purges_the_traps(
     done = subprocess.run([*queue, "purge-maildrop"], env=world["env"], capture_output=True)
     assert done.returncode == 0, done.stderr
     assert os.listdir(os.path.join(world["spool"], MAILDROP)) == []
+
+
+def test_root_deletes_a_record_its_owner_keeps_locked(world: dict[str, Any]) -> None:
+    """t1 names a valid record 000000000000000000 and holds its flock for ever (issue 12.4)."""
+    md = os.path.join(world["spool"], MAILDROP)
+    zero = os.path.join(md, "000000000000000000")
+    code = (
+        f"import fcntl, os, sys; sys.path.insert(0, {ROOT!r})\n"
+        "from mssendmail.spool.layout import Spool\n"
+        "from mssendmail.submission.writer import Submission, make_envelope\n"
+        f"spool = Spool({world['spool']!r})\n"
+        "with Submission(spool, 1 << 20) as sub:\n"
+        "    sub.write(b'Subject: locked\\n\\nlocked\\n')\n"
+        "    qid = sub.commit(make_envelope('', ['bob@example.com']))\n"
+        f"os.rename(spool.path('maildrop', qid), {zero!r})\n"
+        f"fd = os.open({zero!r}, os.O_RDONLY)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [*world["python"], code],
+        env=world["env"],
+        cwd="/",
+        user=world["t1"].pw_uid,
+        group=world["t1"].pw_gid,
+        extra_groups=[],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        assert os.stat(zero).st_uid == world["t1"].pw_uid
+        started = time.monotonic()
+        done = subprocess.run(
+            [*queue_cmd(world), "delete", "--yes", "000000000000000000"],
+            env=world["env"],
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert time.monotonic() - started < 10
+        assert b"deleted" in done.stdout and done.stderr == b""
+        assert not os.path.lexists(zero)
+        # the worker never queues what was deleted, lock or no lock
+        proc = as_user(world["service"], worker_cmd(world, "--once"), world["env"])
+        assert proc.returncode == 0, proc.stderr
+        assert os.listdir(world["outbox"]) == []
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+FLOOD = 10_000
+
+
+def plant_flood(world: dict[str, Any], count: int = FLOOD) -> None:
+    """As t1, one process: `count` valid submissions through the submission writer."""
+    code = (
+        f"import sys; sys.path.insert(0, {ROOT!r})\n"
+        "from mssendmail.spool.layout import Spool\n"
+        "from mssendmail.submission.writer import Submission, make_envelope\n"
+        f"spool = Spool({world['spool']!r})\n"
+        f"for i in range({count}):\n"
+        "    with Submission(spool, 1 << 20) as sub:\n"
+        "        sub.write(b'Subject: flood %d\\n\\nflood\\n' % i)\n"
+        "        sub.commit(make_envelope('', ['bob@example.com']))\n"
+    )
+    proc = subprocess.run(
+        [*world["python"], code],
+        env=world["env"],
+        cwd="/",
+        user=world["t1"].pw_uid,
+        group=world["t1"].pw_gid,
+        extra_groups=[],
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    md = os.path.join(world["spool"], MAILDROP)
+    owners = [os.lstat(os.path.join(md, n)).st_uid for n in os.listdir(md) if is_id(n)]
+    assert owners.count(world["t1"].pw_uid) >= count
+
+
+class Outbox:
+    """Reads each outbox file once: with the flood there are thousands."""
+
+    def __init__(self, world: dict[str, Any]) -> None:
+        self.path = world["outbox"]
+        self.seen: set[str] = set()
+        self.found: set[str] = set()
+
+    def scan(self) -> None:
+        for name in set(os.listdir(self.path)) - self.seen:
+            try:
+                data = Path(self.path, name).read_bytes()
+            except OSError:
+                continue  # not complete yet: read it next time
+            self.seen.add(name)
+            self.found.update(m for m in ("victim-service", "victim-once") if m.encode() in data)
+
+    def wait(self, marker: str, since: float, proc: Any) -> float:
+        """Seconds from `since` until `marker` is in the outbox; fails after 5 s."""
+        while self.scan() or marker not in self.found:
+            assert time.monotonic() - since < 5, f"{marker} not delivered within 5 s"
+            assert proc.poll() is None, "the worker ended first"
+            time.sleep(0.02)
+        return time.monotonic() - since
+
+
+def start_worker(world: dict[str, Any], log: Any, *args: str) -> subprocess.Popen[bytes]:
+    """The worker as the service user; its log goes to a file, not a pipe: a line per
+    sent message would fill a pipe that nobody reads yet, and block the worker."""
+    return subprocess.Popen(
+        worker_cmd(world, *args),
+        env=world["env"],
+        cwd="/",
+        user=world["service"].pw_uid,
+        group=world["service"].pw_gid,
+        extra_groups=[],
+        stderr=log,
+    )
+
+
+@pytest.mark.slow
+def test_traps_and_a_10000_flood_by_one_user_delay_another_by_under_5s(
+    world: dict[str, Any],
+) -> None:
+    """The Done-when of issue 12: directory, FIFO, unmovable entry and 10,000 messages by t1."""
+    with open(world["env"]["MSSENDMAIL_CONFIG"], "a") as cfg:
+        cfg.write("DAILY_RECIPIENT_LIMIT=100000\n")  # the default would hold the last few back
+    plant_traps(world)
+    plant_flood(world)
+    outbox = Outbox(world)
+
+    with tempfile.TemporaryFile() as log:
+        worker = start_worker(world, log)
+        try:
+            time.sleep(1.5)  # the flood is being picked up and sent
+            submit(world, "t2", "victim-service")
+            outbox.wait("victim-service", time.monotonic(), worker)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=30)
+        log.seek(0)
+        err = log.read().decode()
+    assert worker.returncode == 0
+    assert "Traceback" not in err and "pickup-stalled" not in err
+    assert len(os.listdir(world["outbox"])) < FLOOD // 2, "too little flood left for --once"
+
+    submit(world, "t2", "victim-once")
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as log:
+        once = start_worker(world, log, "--once")
+        try:
+            outbox.wait("victim-once", started, once)
+            once.wait(timeout=120)  # the rest of the flood, then it exits
+        finally:
+            if once.poll() is None:
+                once.kill()
+                once.wait()
+        log.seek(0)
+        err = log.read().decode()
+    assert once.returncode == 0, err[-2000:]
+    assert "Traceback" not in err
+    assert len(os.listdir(world["outbox"])) == FLOOD + 2

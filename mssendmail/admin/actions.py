@@ -79,6 +79,11 @@ def take(spool: Spool, queue_id: str, allowed: Iterable[str]) -> Claim:
                     f"message {queue_id} was not a valid submission and went to corrupt/; "
                     "see the reason record there"
                 )
+            if area == MAILDROP:
+                raise Busy(
+                    f"message {queue_id} is still in maildrop/, locked by its submitter or "
+                    "by a worker picking it up; try again in a moment (delete works now)"
+                )
         if area is None:
             if status.is_sent(spool, queue_id):
                 break
@@ -217,8 +222,23 @@ DELETABLE = (MAILDROP, QUEUE, DEFERRED, HOLD, DEAD, ACTIVE)
 
 
 def delete(spool: Spool, queue_id: str) -> Result:
-    """Remove a message for good, with its meta and reason records."""
-    held = take(spool, queue_id, DELETABLE)
+    """Remove a message for good, with its meta and reason records.
+
+    A maildrop/ entry that stays locked is removed all the same: its
+    submitter owns it and may hold its flock for ever. A worker copying it
+    meanwhile sees the original gone and drops its copy (pickup._commit);
+    one that linked its copy first has queued it, and that copy goes too.
+    """
+    try:
+        held = take(spool, queue_id, DELETABLE)
+    except Busy:
+        # The original may be there beside a worker's fresh, still locked copy.
+        if not os.path.lexists(spool.path(MAILDROP, queue_id)):
+            raise
+        unlink_quiet(spool.path(MAILDROP, queue_id))
+        fsync_dir(spool.dir(MAILDROP))
+        _delete_the_copy(spool, queue_id)
+        return Result(queue_id, f"{queue_id}: deleted (it was held locked in maildrop/)")
     try:
         area = held.area
         os.unlink(spool.path(area, queue_id))
@@ -230,6 +250,26 @@ def delete(spool: Spool, queue_id: str) -> Result:
     finally:
         held.release()
     return Result(queue_id, f"{queue_id}: deleted")
+
+
+def _delete_the_copy(spool: Spool, queue_id: str) -> None:
+    """After a locked original went: delete the copy a worker had queued first, if any.
+
+    Such a copy is locked until its worker has checked that the original
+    is still there, so it may look busy for a moment.
+    """
+    for _ in range(LOCK_TRIES):
+        if spool.locate(queue_id) in (None, MAILDROP):
+            return
+        try:
+            delete(spool, queue_id)
+            return
+        except NoSuchMessage:
+            return  # the worker dropped its copy while we looked
+        except Busy:
+            if spool.locate(queue_id) == ACTIVE:
+                raise
+    raise Busy(f"message {queue_id} is busy (the worker holds it); try again in a moment")
 
 
 ACTIONS: dict[str, Callable[[Spool, str], Result]] = {

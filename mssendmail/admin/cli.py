@@ -324,7 +324,7 @@ def _show_state(shown: Shown, now: float) -> list[str]:
     lines = [f"id:         {row.id}", f"state:      {status}"]
     if shown.pause:
         lines.extend(listing.wrap("delivery:   ", shown.pause.removeprefix("delivery "), 12))
-    lines.append(f"submitted:  {listing.human_time(row.submitted)}")
+    lines.append(f"submitted:  {listing.human_time(row.submitted, '?')}")
     return lines
 
 

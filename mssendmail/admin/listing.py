@@ -124,9 +124,18 @@ def parse_states(text: str) -> tuple[str, ...]:
     return tuple(n for n in STATES if n in names)
 
 
-def id_time(queue_id: str) -> float:
-    """The submission second encoded in a queue id."""
-    return float(int(queue_id[:8], 16))
+# A queue id starts with its submission second (layout.new_id), but anyone
+# can name a maildrop/ file: an id that claims a time before mssendmail
+# existed, or a day or more in the future, was not minted by it.
+ID_FLOOR = 1_735_689_600  # 2025-01-01
+ID_SLACK = 86400.0
+
+
+def id_time(queue_id: str, now: float | None = None) -> float | None:
+    """The submission second encoded in a queue id, or None when it is not plausible."""
+    when = float(int(queue_id[:8], 16))
+    now = time.time() if now is None else now
+    return when if ID_FLOOR <= when <= now + ID_SLACK else None
 
 
 def _number(value: object) -> float | None:
@@ -311,9 +320,9 @@ def human_size(size: int | None) -> str:
     raise AssertionError("unreachable")
 
 
-def human_time(when: float | None) -> str:
+def human_time(when: float | None, unknown: str = "-") -> str:
     if when is None:
-        return "-"
+        return unknown
     if not record.time_ok(when):
         return "?"
     return time.strftime("%b %d %H:%M", time.localtime(when))
@@ -390,7 +399,7 @@ def render(rows: list[Row], now: float | None = None, color: bool = False) -> li
     for row in rows:
         sender = row.sender or "<>"
         head = (
-            f"{row.id:<18} {row.state:<8} {human_time(row.submitted):<12} "
+            f"{row.id:<18} {row.state:<8} {human_time(row.submitted, '?'):<12} "
             f"{next_text(row, now):<7} {row.attempts:>3} {human_size(row.size):>5} "
         )
         head += shorten(sender, WIDTH - len(head))

@@ -29,6 +29,7 @@ import time
 from typing import TextIO
 
 from mssendmail.admin.listing import QUEUED, Row, collect
+from mssendmail.spool import record
 from mssendmail.spool.layout import ACTIVE, DEFERRED, HOLD, Spool
 
 STATES = (QUEUED, ACTIVE, DEFERRED, HOLD)
@@ -40,7 +41,7 @@ INDENT = " " * 51
 def entry(row: Row) -> list[str]:
     """The lines of one message, Postfix style."""
     mark = MARKS.get(row.state, "")
-    when = time.ctime(row.submitted or 0)[:19]
+    when = time.ctime(row.submitted)[:19] if record.time_ok(row.submitted) else "?"
     if row.damaged:
         return [f"{row.id + mark:<19} {'?':>8} {when:<20} (unreadable: {row.damaged})"]
     sender = row.sender or f"{row.user or '?'} (local user)"

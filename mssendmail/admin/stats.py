@@ -2,7 +2,8 @@
 
 Counts messages per state from directory listings alone (no file is
 opened for a count), takes the age of the oldest message still waiting for
-delivery from its queue id, the last success from the newest sent/ record
+delivery from its queue id (or, for an id whose time is implausible, as a
+hostile name may be, from the file's ctime), the last success from the newest sent/ record
 (its mtime is the send time) and the last failure from meta/ and dead/
 reason records. ``--prometheus FILE`` writes the node_exporter textfile
 format by temp file + fsync + rename, so the collector never reads half a
@@ -71,6 +72,25 @@ def _listdir(spool: Spool, area: str) -> list[str]:
         return []
 
 
+def _oldest(spool: Spool, area: str, ids: list[str], now: float) -> float | None:
+    """The earliest submission time among ids.
+
+    A hostile name (000000000000000000) claims any time it likes: for an id
+    whose time is implausible the file's ctime stands in, which the kernel
+    sets and which is never before the file arrived.
+    """
+    times = []
+    for queue_id in ids:
+        when = id_time(queue_id, now)
+        if when is None:
+            try:
+                when = min(os.lstat(spool.path(area, queue_id)).st_ctime, now)
+            except OSError:
+                continue  # moved on while we looked
+        times.append(when)
+    return min(times, default=None)
+
+
 def collect(spool: Spool, now: float | None = None) -> Stats:
     require_access(spool)
     now = time.time() if now is None else now
@@ -87,9 +107,10 @@ def collect(spool: Spool, now: float | None = None) -> Stats:
         for area in areas:
             ids = [n for n in _listdir(spool, area) if is_id(n)]
             count += len(ids)
-            if area in WAITING and ids:
-                first = id_time(min(ids))
-                oldest = first if oldest is None else min(oldest, first)
+            if area in WAITING:
+                first = _oldest(spool, area, ids, now)
+                if first is not None:
+                    oldest = first if oldest is None else min(oldest, first)
         stats.counts[name] = count
     stats.counts["corrupt"] = sum(1 for n in _listdir(spool, CORRUPT) if is_id(n))
     sent = sent_ids(spool)

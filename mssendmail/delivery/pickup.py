@@ -179,6 +179,13 @@ def _commit(spool: Spool, staged: list[Staged]) -> list[str]:
         try:
             os.fsync(item.copy_fd)
             os.link(item.temp, spool.path(QUEUE, item.name))
+            # Checked after the link, under the copy's flock: an admin who
+            # deletes the original later finds the copy in queue/ and deletes
+            # it too; one who deleted it earlier has it dropped here.
+            if not _original_still_there(spool, item):
+                unlink_quiet(spool.path(QUEUE, item.name))
+                log.info(kv(event="deleted-while-picked-up", id=item.name))
+                continue
             queued.append(item.name)
         except FileExistsError:
             pass  # another worker linked the same submission first
@@ -193,6 +200,15 @@ def _commit(spool: Spool, staged: list[Staged]) -> list[str]:
     if queued:
         fsync_dir(spool.dir(QUEUE))
     return queued
+
+
+def _original_still_there(spool: Spool, item: Staged) -> bool:
+    try:
+        now = os.lstat(spool.path(MAILDROP, item.name))
+    except FileNotFoundError:
+        return False
+    st = os.fstat(item.source_fd)
+    return (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev)
 
 
 def clean_temp(spool: Spool, name: str, now: float, skips: SkipList | None = None) -> bool:

@@ -71,6 +71,7 @@ log = logging.getLogger("mssendmail.delivery.worker")
 
 PROG = "mssendmail-worker"
 RESCAN_SECONDS = 1.0
+RELIST_SECONDS = 5.0  # a maildrop/ backlog is listed again this often without a trigger
 PREPARE_AHEAD = 2  # threads beyond CONCURRENCY that prepare while others wait on Graph
 PICKUP_BATCH = 64  # small rounds keep dispatch going while a big maildrop/ drains
 FLUSH_MIN_INTERVAL = 60.0
@@ -272,8 +273,7 @@ class Worker:
 
         Listing maildrop/ costs O(its size), so it is listed once into a
         backlog that is handed out a batch at a time whenever the send list
-        runs low; it is listed again only when the backlog is used up and a
-        trigger arrived, a second passed, or the worker is idle.
+        runs low; see _relist() for when it is listed again.
         """
         if self.picking is not None:
             if not self.picking.done():
@@ -282,12 +282,7 @@ class Worker:
             self.add_pending([(qid, QUEUE) for qid in self._picked(done, now)])
         if self.stopping.is_set() or self.pickup_gave_up or now < self.pickup_stall_until:
             return False
-        if not self.backlog:
-            idle = not self.pending and not self.inflight
-            if not (idle or self.triggered or now - self.last_listing >= RESCAN_SECONDS):
-                return False
-            if self.once and not self.listing_picked and not self.triggered:
-                return False  # --once: the last listing brought nothing new; stop listing
+        if self._relist(now):
             self.triggered = False
             self.last_listing = now
             self.listing_picked = 0
@@ -303,6 +298,24 @@ class Worker:
             return False
         self.picking = self.pickup_pool.submit(self._pickup, batch)
         return True
+
+    def _relist(self, now: float) -> bool:
+        """Whether to list maildrop/ again now.
+
+        When the backlog is used up: if a trigger arrived, a second passed,
+        or the worker is idle. While a backlog remains (one user's flood),
+        at most once a second after a trigger and every RELIST_SECONDS
+        anyway: another user's new message must not wait for the whole
+        backlog, and the new listing is round-robin across users again.
+        """
+        since = now - self.last_listing
+        if self.backlog:
+            return since >= RESCAN_SECONDS and (self.triggered or since >= RELIST_SECONDS)
+        idle = not self.pending and not self.inflight
+        if not (idle or self.triggered or since >= RESCAN_SECONDS):
+            return False
+        # --once: the last listing brought nothing new; stop listing
+        return not (self.once and not self.listing_picked and not self.triggered)
 
     def fair_listing(self) -> list[str]:
         """maildrop/ round-robin across owners; over MAX_QUEUED_PER_USER waits there."""

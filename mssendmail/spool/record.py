@@ -217,6 +217,8 @@ def parse_envelope(data: bytes) -> dict[str, Any]:
         envelope = json.loads(data)
     except ValueError:
         raise CorruptRecord("envelope is not valid JSON") from None
+    except RecursionError:  # bounded by MAX_ENVELOPE, but json recurses per bracket
+        raise CorruptRecord("envelope nests too deeply") from None
     if not isinstance(envelope, dict):
         raise CorruptRecord("envelope is not a JSON object")
     validate_envelope(envelope)
