@@ -22,8 +22,6 @@ ALLOWED: dict[str, str] = {
     # Not the spool: OUTBOX_DIR, the file transport's own directory.
     "transport.py:FileTransport.send": "OUTBOX_DIR is not a spool path",
     # To move into spool/ (issue 15 follow-up): each is one verb for Spool.
-    "submission/writer.py:Submission.commit": "to move: Spool.submit (rename into maildrop/)",
-    "submission/writer.py:Submission.abort": "to move: Spool.submit",
     "delivery/pickup.py:pickup": "to move: Spool.pick_up (unlink the maildrop/ original)",
     "delivery/pickup.py:_commit": "to move: Spool.pick_up (link into queue/)",
     "delivery/pickup.py:ingest": "to move: Spool.pick_up",
@@ -37,7 +35,6 @@ ALLOWED: dict[str, str] = {
     "delivery/cleanup.py:_run_one": "to move: a state/ job verb",
     "delivery/cleanup.py:_give_up": "to move: a state/ job verb",
     "delivery/pickup.py:Staged.release": "to move: Spool.pick_up (its temp copy)",
-    "delivery/fairness.py:publish_over_cap": "to move: a state/ file verb",
     "admin/maildrop.py:remove": "to move: Spool.delete (a maildrop/ entry)",
     "admin/actions.py:requeue": "to move: Spool.release_dead",
     "admin/actions.py:delete": "to move: Spool.delete",
