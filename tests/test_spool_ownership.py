@@ -22,11 +22,6 @@ ALLOWED: dict[str, str] = {
     # Not the spool: OUTBOX_DIR, the file transport's own directory.
     "transport.py:FileTransport.send": "OUTBOX_DIR is not a spool path",
     # To move into spool/ (issue 15 follow-up): each is one verb for Spool.
-    "delivery/pickup.py:pickup": "to move: Spool.pick_up (unlink the maildrop/ original)",
-    "delivery/pickup.py:_commit": "to move: Spool.pick_up (link into queue/)",
-    "delivery/pickup.py:ingest": "to move: Spool.pick_up",
-    "delivery/pickup.py:_copy_verified": "to move: Spool.pick_up",
-    "delivery/pickup.py:quarantine": "to move: Spool.quarantine",
     "delivery/outcome.py:sent": "to move: Spool.record_sent",
     "delivery/outcome.py:_rewrite_parked": "to move: Spool.record_sent",
     "delivery/outcome.py:sweep_sent": "to move: Spool.record_sent",
@@ -34,7 +29,6 @@ ALLOWED: dict[str, str] = {
     "delivery/cleanup.py:run_due": "to move: a state/ job verb (SENT_ITEMS=delete jobs)",
     "delivery/cleanup.py:_run_one": "to move: a state/ job verb",
     "delivery/cleanup.py:_give_up": "to move: a state/ job verb",
-    "delivery/pickup.py:Staged.release": "to move: Spool.pick_up (its temp copy)",
     "admin/maildrop.py:remove": "to move: Spool.delete (a maildrop/ entry)",
     "admin/actions.py:requeue": "to move: Spool.release_dead",
     "admin/actions.py:delete": "to move: Spool.delete",

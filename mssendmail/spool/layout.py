@@ -302,6 +302,10 @@ class Spool:
         """Make the message due at `when` by setting its mtime (FileNotFoundError if gone)."""
         os.utime(self.path(area, queue_id), (when, when))
 
+    def sync(self, area: str) -> None:
+        """Make an area's new and removed entries durable (fsync its directory)."""
+        fsync_dir(self.dir(area))
+
     def move(
         self, queue_id: str, old: str, new: str, new_name: str | None = None, durable: bool = True
     ) -> None:
