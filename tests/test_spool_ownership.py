@@ -22,9 +22,6 @@ ALLOWED: dict[str, str] = {
     # Not the spool: OUTBOX_DIR, the file transport's own directory.
     "transport.py:FileTransport.send": "OUTBOX_DIR is not a spool path",
     # To move into spool/ (issue 15 follow-up): each is one verb for Spool.
-    "delivery/outcome.py:sent": "to move: Spool.record_sent",
-    "delivery/outcome.py:_rewrite_parked": "to move: Spool.record_sent",
-    "delivery/outcome.py:sweep_sent": "to move: Spool.record_sent",
     "delivery/idempotency.py:_forget_denied": "to move: a state/ file verb",
     "delivery/cleanup.py:run_due": "to move: a state/ job verb (SENT_ITEMS=delete jobs)",
     "delivery/cleanup.py:_run_one": "to move: a state/ job verb",
