@@ -22,10 +22,6 @@ ALLOWED: dict[str, str] = {
     # Not the spool: OUTBOX_DIR, the file transport's own directory.
     "transport.py:FileTransport.send": "OUTBOX_DIR is not a spool path",
     # To move into spool/ (issue 15 follow-up): each is one verb for Spool.
-    "delivery/idempotency.py:_forget_denied": "to move: a state/ file verb",
-    "delivery/cleanup.py:run_due": "to move: a state/ job verb (SENT_ITEMS=delete jobs)",
-    "delivery/cleanup.py:_run_one": "to move: a state/ job verb",
-    "delivery/cleanup.py:_give_up": "to move: a state/ job verb",
     "admin/maildrop.py:remove": "to move: Spool.delete (a maildrop/ entry)",
     "admin/actions.py:requeue": "to move: Spool.release_dead",
     "admin/actions.py:delete": "to move: Spool.delete",

@@ -45,11 +45,10 @@ from mssendmail.delivery import outcome
 from mssendmail.delivery.retry import backoff
 from mssendmail.errors import DeliveryError
 from mssendmail.logs import kv
-from mssendmail.spool import meta
+from mssendmail.spool import meta, statefiles
 from mssendmail.spool.claim import Claim
 from mssendmail.spool.claim import recover as recover_claims
-from mssendmail.spool.layout import ACTIVE, Spool, unlink_quiet, write_atomic
-from mssendmail.spool.layout import SENTITEMS_DENIED_FILE as DENIED_FILE
+from mssendmail.spool.layout import ACTIVE, Spool
 
 if TYPE_CHECKING:
     from mssendmail.delivery.attempt import Context
@@ -218,11 +217,9 @@ def _remember_denied(ctx: Context, mailbox: str, exc: DeliveryError) -> None:
                 hint="grant Mail.ReadBasic.All so retries cannot send duplicates",
             )
         )
-    import json
-
     doc = {"time": now, "mailbox": mailbox, "error": str(exc)[:300]}
     try:
-        write_atomic(ctx.spool.state_path(DENIED_FILE), json.dumps(doc).encode())
+        statefiles.write_denied(ctx.spool, doc)
     except OSError:
         pass  # only advice for `check`
 
@@ -232,9 +229,7 @@ def _forget_denied(ctx: Context, mailbox: str) -> None:
         if _denied.get(mailbox.lower(), 0.0) > ctx.now():
             return
         _denied.pop(mailbox.lower(), None)
-    path = ctx.spool.state_path(DENIED_FILE)
-    if os.path.exists(path) and meta.read_json(path).get("mailbox", "").lower() == mailbox.lower():
-        unlink_quiet(path)
+    statefiles.forget_denied(ctx.spool, mailbox)
 
 
 def _number(value: object, default: float) -> float:
