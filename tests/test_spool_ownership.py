@@ -4,8 +4,8 @@ The scan walks the package's AST and reports, per (module, function), every call
 os.rename / os.link / os.unlink / os.remove / os.replace / os.utime, of the spool's
 own unlink_quiet, and every os.path.join onto a spool directory (``x.dir(...)``).
 Outside mssendmail/spool/ such a call fails the test unless ALLOWED names it with
-a reason. Entries marked "to move" are what the regroup of issue 15 has not moved
-yet; the test fails too when one of them no longer offends, so the list only shrinks.
+a reason (only OUTBOX_DIR, which is not a spool path). The test fails too when
+an allowed entry no longer offends, so the list only shrinks.
 """
 
 from __future__ import annotations
@@ -21,10 +21,6 @@ FILE_OPS = {"rename", "link", "unlink", "remove", "replace", "utime", "unlink_qu
 ALLOWED: dict[str, str] = {
     # Not the spool: OUTBOX_DIR, the file transport's own directory.
     "transport.py:FileTransport.send": "OUTBOX_DIR is not a spool path",
-    # To move into spool/ (issue 15 follow-up): each is one verb for Spool.
-    "admin/maildrop.py:remove": "to move: Spool.delete (a maildrop/ entry)",
-    "admin/actions.py:requeue": "to move: Spool.release_dead",
-    "admin/actions.py:delete": "to move: Spool.delete",
 }
 
 

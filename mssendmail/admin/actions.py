@@ -30,10 +30,8 @@ from mssendmail.spool.layout import (
     MAILDROP,
     QUEUE,
     Spool,
-    fsync_dir,
     is_id,
     service_ids,
-    unlink_quiet,
 )
 
 LOCK_TRIES = 5
@@ -177,9 +175,8 @@ def requeue(spool: Spool, queue_id: str, now: float | None = None) -> Result:
         state["requeued"] = now
         meta.add_event(state, now, "requeued", "by an admin, attempts reset")
         meta.write(spool, queue_id, state)
-        spool.move(queue_id, DEAD, QUEUE)
+        spool.release_dead(queue_id)
         held.area = QUEUE
-        unlink_quiet(spool.reason_path(DEAD, queue_id))
     finally:
         held.release()
     return Result(queue_id, f"{queue_id}: requeued")
@@ -221,12 +218,11 @@ def delete(spool: Spool, queue_id: str) -> Result:
     held = take(spool, queue_id, DELETABLE)
     try:
         area = held.area
-        os.unlink(spool.path(area, queue_id))
-        fsync_dir(spool.dir(area))
+        spool.delete(queue_id, area)
         # The message is gone; leftovers below would only be orphaned records.
         meta.remove(spool, queue_id)
         if area == DEAD:
-            unlink_quiet(spool.reason_path(DEAD, queue_id))
+            spool.drop_reason(DEAD, queue_id)
     finally:
         held.release()
     return Result(queue_id, f"{queue_id}: deleted")

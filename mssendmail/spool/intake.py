@@ -17,6 +17,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
+import stat
 import time
 from collections.abc import Iterable
 
@@ -108,3 +110,19 @@ def quarantine(spool: Spool, name: str, reason: str) -> str | None:
     info = {"original_name": name, "reason": reason, "time": time.time()}
     write_atomic(spool.reason_path(CORRUPT, target), json.dumps(info).encode())
     return target
+
+
+def remove_junk(spool: Spool, name: str) -> None:
+    """Remove a maildrop/ entry that is no mail; a directory with its contents.
+
+    shutil.rmtree works through directory fds on Linux and never follows a
+    symlink out of the tree. Gone already is fine; other OSErrors propagate.
+    """
+    path = spool.path(MAILDROP, name)
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass

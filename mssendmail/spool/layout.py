@@ -321,6 +321,20 @@ class Spool:
             if old != new:
                 fsync_dir(self.dir(old))
 
+    def delete(self, queue_id: str, area: str) -> None:
+        """Remove a message for good and make its directory durable (FileNotFoundError if gone)."""
+        os.unlink(self.path(area, queue_id))
+        fsync_dir(self.dir(area))
+
+    def drop_reason(self, area: str, name: str) -> None:
+        """Remove the reason record beside an entry of dead/ or corrupt/; gone is fine."""
+        unlink_quiet(self.reason_path(area, name))
+
+    def release_dead(self, queue_id: str) -> None:
+        """dead/ -> queue/ (durable), then drop the dead letter's reason record."""
+        self.move(queue_id, DEAD, QUEUE)
+        self.drop_reason(DEAD, queue_id)
+
     def ids(self, area: str) -> list[str]:
         """Queue ids in an area, oldest first (ids sort by time)."""
         try:
