@@ -7,6 +7,11 @@ The file is read only if the caller can read it: submitters normally cannot
 Submission must stay fast, so it parses plain ``KEY=value`` lines itself and
 hands anything fancier (quotes with escapes, ``${VAR}`` expansion) to
 python-dotenv, whose import alone would be slower than the whole submission.
+
+A line python-dotenv cannot parse (or a bare ``KEY`` without ``=``) is kept in
+``Config.syntax_errors``: the worker and smtpd refuse to start on one
+(``Config.check_syntax``), `check` calls it a FAIL, and submission warns and
+queues the mail anyway (an admin's typo must not lose a submitter's mail).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ DEFAULTS: dict[str, str] = {
     "SENDER": "",
     "FROM_NAME": "",
     "ALLOWED_FROM": "",
+    "ALLOWED_FROM_USERS": "",
     "ALIASES": "",
     "ADMIN_ADDRESS": "",
     "LOCAL_DOMAIN": "",
@@ -134,8 +140,11 @@ def _unquote_simple(value: str) -> str | None:
     return (value[:hash_at] if hash_at >= 0 else value).strip()
 
 
-def parse_env_text(text: str) -> dict[str, str]:
-    """Parse .env text; exotic syntax is delegated to python-dotenv for exactness."""
+def parse_env_text(text: str) -> tuple[dict[str, str], list[str]]:
+    """The values of .env text and its syntax errors (``line N (KEY...): why``).
+
+    Exotic syntax, and anything wrong, is delegated to python-dotenv for exactness.
+    """
     values: dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip()
@@ -149,28 +158,64 @@ def parse_env_text(text: str) -> dict[str, str]:
         if simple is None:
             return _parse_with_dotenv(text)
         values[key] = simple
-    return values
+    return values, []
 
 
-def _parse_with_dotenv(text: str) -> dict[str, str]:
+def _parse_with_dotenv(text: str) -> tuple[dict[str, str], list[str]]:
+    """What dotenv_values(interpolate=True) gives, plus the lines it skipped.
+
+    dotenv_values only logs "could not parse statement" for those; its own
+    parser marks them (Binding.error), so read them from there.
+    """
     import io
 
-    from dotenv import dotenv_values
+    from dotenv.main import resolve_variables
+    from dotenv.parser import parse_stream
 
-    parsed = dotenv_values(stream=io.StringIO(text), interpolate=True)
-    return {k: v for k, v in parsed.items() if v is not None}
+    pairs: list[tuple[str, str | None]] = []
+    errors: list[str] = []
+    for binding in parse_stream(io.StringIO(text)):
+        statement = binding.original.string
+        blank = statement[: len(statement) - len(statement.lstrip())]
+        line = binding.original.line + blank.count("\n")  # it counts from the blank lines before
+        where = f"line {line} ({_key_hint(statement)})"
+        if binding.error:
+            errors.append(f"{where} cannot be parsed")
+        elif binding.key is not None and binding.value is None:
+            errors.append(f"{where} has no '='")
+        elif binding.key is not None:
+            pairs.append((binding.key, binding.value))
+    parsed = resolve_variables(pairs, override=True)
+    return {k: v for k, v in parsed.items() if v is not None}, errors
 
 
-def read_file(path: str) -> tuple[dict[str, str], bool]:
-    """The file's values and whether it was readable; a missing or unreadable file is empty."""
+def _key_hint(statement: str) -> str:
+    """The name a bad line starts with; never its value, which may be a secret."""
+    text = statement.strip()
+    if text.startswith("export "):
+        text = text[7:].lstrip()
+    name = ""
+    for char in text[:40]:
+        if not (char.isalnum() or char in "_.-"):
+            break
+        name += char
+    return f"starts with {name}" if name else "not KEY=value"
+
+
+def read_file(path: str) -> tuple[dict[str, str], bool, list[str]]:
+    """The file's values, whether it was readable, and its syntax errors.
+
+    A missing or unreadable file is empty.
+    """
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except (PermissionError, FileNotFoundError, IsADirectoryError):
-        return {}, False
+        return {}, False, []
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}; fix the file") from exc
-    return parse_env_text(text), True
+    values, errors = parse_env_text(text)
+    return values, True, errors
 
 
 class Config:
@@ -182,11 +227,30 @@ class Config:
         path: str | None = None,
         file_readable: bool = False,
         file_keys: frozenset[str] = frozenset(),
+        syntax_errors: tuple[str, ...] = (),
     ) -> None:
         self.values = dict(values)
         self.path = path
         self.file_readable = file_readable
         self.file_keys = file_keys
+        self.syntax_errors = syntax_errors
+
+    def syntax_problem(self) -> str | None:
+        """One line naming the file, the first bad line and the fix; None if it parses."""
+        if not self.syntax_errors:
+            return None
+        more = len(self.syntax_errors) - 1
+        also = f" (and {more} more line{'s' if more > 1 else ''})" if more else ""
+        return (
+            f"config {self.path} {self.syntax_errors[0]}{also}; write each setting as "
+            "KEY=value (quote a value holding quotes, or ' #'), then run 'mssendmail-queue check'"
+        )
+
+    def check_syntax(self) -> None:
+        """ConfigError (exit 78) for a file with a line that does not parse."""
+        problem = self.syntax_problem()
+        if problem is not None:
+            raise ConfigError(problem)
 
     def get(self, key: str) -> str:
         return self.values.get(key, DEFAULTS.get(key, "")).strip()
@@ -249,9 +313,9 @@ def load(cli_path: str | None = None, environ: Mapping[str, str] | None = None) 
     """The effective configuration: file values, then environment overrides."""
     env = os.environ if environ is None else environ
     path = resolve_path(cli_path)
-    file_values, readable = read_file(path)
+    file_values, readable, errors = read_file(path)
     values = dict(file_values)
     for key in DEFAULTS:
         if key in env:
             values[key] = env[key]
-    return Config(values, path, readable, frozenset(file_values))
+    return Config(values, path, readable, frozenset(file_values), tuple(errors))

@@ -64,7 +64,7 @@ def test_token_without_mail_send_is_a_plain_fail(
     assert "admin consent" in " ".join(lines[at : at + 3])
     assert max(len(line) for line in lines) <= 80
     # the WARNs: ReadWrite, Mail.ReadBasic.All (duplicates possible), trigger
-    assert lines[-1] == "check: 7 PASS, 3 WARN, 1 FAIL"
+    assert lines[-1] == "check: 8 PASS, 3 WARN, 1 FAIL"  # + allowed-from (issue 12)
     assert fake.secret not in out
     assert len(fake.token_requests) == 1
     # The check keeps its token in memory: no cache for the worker to trip over.
@@ -98,7 +98,7 @@ def test_everything_right_passes_and_exits_0(
     assert code == 0, out
     lines = out.splitlines()
     assert not any(line.startswith(("FAIL", "WARN")) for line in lines)
-    assert lines[-1] == "check: 11 PASS, 0 WARN, 0 FAIL"  # + sender (issue 13)
+    assert lines[-1] == "check: 12 PASS, 0 WARN, 0 FAIL"  # + sender (13), allowed-from (12)
     assert max(len(line) for line in lines) <= 80
 
 

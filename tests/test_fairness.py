@@ -70,6 +70,7 @@ def test_interleave_and_fair_queue_go_round_robin() -> None:
     assert not q
 
 
+@pytest.mark.slow  # a 2,000-message flood: a reliability suite, run once in CI
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file another owner")
 def test_one_users_flood_delays_another_user_by_at_most_a_few_sends(spool: Spool) -> None:
     for _ in range(2000):

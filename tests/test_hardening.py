@@ -117,9 +117,10 @@ def test_the_worker_sets_umask_027_whoever_starts_it(
 def test_check_states_the_allowed_from_trust_model() -> None:
     from mssendmail.admin import checks
 
-    assert checks.check_allowed_from(Config({})) is None
+    none = checks.check_allowed_from(Config({"SENDER": "relay@x.org"}))
+    assert none.status == checks.PASS and "may send as relay@x.org;" in none.detail
     domain = checks.check_allowed_from(Config({"ALLOWED_FROM": "a@x.org,@example.org"}))
-    assert domain is not None and domain.status == checks.WARN
+    assert domain.status == checks.WARN
     assert "every local user" in domain.detail and "@example.org" in domain.detail
     single = checks.check_allowed_from(Config({"ALLOWED_FROM": "a@x.org"}))
-    assert single is not None and single.status == checks.PASS
+    assert single.status == checks.PASS

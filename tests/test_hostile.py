@@ -165,23 +165,31 @@ def test_a_record_rewritten_while_the_worker_copies_it_is_never_queued_half_chan
     b = record_bytes(spool, "version-B", b"B" * 900_000 + b"\n")
     assert len(a) == len(b)
     outcomes = {"A": 0, "B": 0, "corrupt": 0}
-    for trial in range(20):
+    # At least 20 trials, and on until one copy caught the file mid-change: on
+    # an idle machine a copy can outrun the editor many times in a row.
+    trial = 0
+    while trial < 20 or (not outcomes["corrupt"] and trial < 400):
+        trial += 1
         qid = new_id()
         path = spool.path(MAILDROP, qid)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         os.write(fd, a)
-        stop = threading.Event()
+        stop, flipping = threading.Event(), threading.Event()
 
-        def flip(fd: int = fd, stop: threading.Event = stop) -> None:
+        def flip(
+            fd: int = fd, stop: threading.Event = stop, flipping: threading.Event = flipping
+        ) -> None:
             versions, i = (b, a), 0
             while not stop.is_set():
                 data = versions[i % 2]
                 for off in range(0, len(data), 64 * 1024):
                     os.pwrite(fd, data[off : off + 64 * 1024], off)
+                    flipping.set()
                 i += 1
 
         editor = threading.Thread(target=flip)
         editor.start()
+        flipping.wait(10)  # the copy starts while the file is changing
         try:
             queued = pickup(spool, MAX)
         finally:

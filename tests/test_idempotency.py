@@ -21,6 +21,7 @@ from mssendmail.spool.claim import claim
 from mssendmail.spool.layout import ACTIVE, DEFERRED, QUEUE, STATE, Spool, init_tree
 from mssendmail.spool.layout import SENTITEMS_DENIED_FILE as DENIED_FILE
 from mssendmail.submission.writer import Submission, make_envelope
+from mssendmail.transport import Delivered
 from tests.fakegraph import FakeGraph, Fault, running
 from tests.fakegraph_large import FilePart, large_state, make_message
 
@@ -177,6 +178,30 @@ def test_a_dead_workers_claim_is_marked_unknown(spool: Spool, fake: FakeGraph) -
     time.sleep(1.1)
     assert deliver(ctx, qid, DEFERRED) == Outcome.SENT
     assert subjects(fake) == ["m1"]
+
+
+def test_a_send_that_raises_a_bug_after_graph_took_it_is_looked_up(
+    spool: Spool, fake: FakeGraph
+) -> None:
+    ctx = make_ctx(spool, fake)
+    real_send = ctx.transport.send
+
+    def send_then_crash(mailbox: str, mime: bytes, queue_id: str) -> Delivered:
+        real_send(mailbox, mime, queue_id)  # Graph answered 202
+        raise RuntimeError("a bug between the answer and the outcome")
+
+    ctx.transport.send = send_then_crash  # type: ignore[method-assign]
+    qid = queue(spool, "m1")
+    assert deliver(ctx, qid, QUEUE) == Outcome.DEFERRED  # counted as a crash (poison.py)
+    state = meta.read(spool, qid)
+    assert state["crashes"] == 1
+    assert state["unknown"]["why"] == "the send raised an unexpected error"
+    ctx.transport.send = real_send  # type: ignore[method-assign]
+    time.sleep(0.5)  # the copy is filed (0.3 s)
+    assert retry_now(ctx, qid) == Outcome.SENT
+    assert subjects(fake) == ["m1"]
+    record = json.loads(Path(spool.sent_path(qid)).read_text())
+    assert record["outcome"] == "sent-earlier"
 
 
 def large(subject: str) -> bytes:

@@ -254,6 +254,21 @@ def test_display_names_are_encoded_addresses_kept() -> None:
     assert "Cc: jörg@exämple.de\r\n".encode() in result.mime
 
 
+def test_display_names_are_read_by_the_projects_parser_on_every_python() -> None:
+    # email.utils.getaddresses gives ('', '') for the first field on interpreters
+    # with the CVE-2023-27043 fix (Debian's 3.11.2, 3.13) and splits it on
+    # others; the project's parser reads it one way everywhere (issue 14).
+    mime = (
+        "From: Drücker printer@example.org <printer@example.org>\r\n"
+        "To: b@example.org (Zoë Bär)\r\n\r\nx\r\n"
+    ).encode()
+    msg = parse(normalise(mime).mime)
+    assert msg["From"].addresses[0].display_name == "Drücker printer@example.org"
+    assert msg["From"].addresses[0].addr_spec == "printer@example.org"
+    assert msg["To"].addresses[0].display_name == "Zoë Bär"
+    assert msg["To"].addresses[0].addr_spec == "b@example.org"
+
+
 def test_structured_and_unparsable_fields_keep_their_bytes() -> None:
     fields = [
         "Message-ID: <grüße@example.org>\r\n".encode(),

@@ -87,6 +87,7 @@ def test_a_replaced_entry_is_looked_at_again(spool: Spool, monkeypatch: pytest.M
     assert pickup(spool, MAX, skips=skips) == [qid]
 
 
+@pytest.mark.slow  # 1,000 rounds: a reliability suite, run once in CI
 def test_fds_and_temp_copies_stay_flat_over_1000_rounds(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

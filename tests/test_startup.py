@@ -127,6 +127,16 @@ def unwritable_log_dir(tmp: Path, keys: dict[str, str]) -> str:
     return "is not writable"
 
 
+def syntax_error(tmp: Path, keys: dict[str, str]) -> str:
+    keys["FROM_NAME"] = "'Relay"  # an unclosed quote: python-dotenv only warned and skipped it
+    return "(starts with FROM_NAME) cannot be parsed"
+
+
+def bad_allowed_from_users(tmp: Path, keys: dict[str, str]) -> str:
+    keys["ALLOWED_FROM_USERS"] = "alice:a@example.com,bob:b@example.com"  # a missing ";"
+    return "ALLOWED_FROM_USERS entry 'bob:b@example.com' is neither an address nor @domain"
+
+
 BROKEN: dict[str, tuple[Callable[[Path, dict[str, str]], str], bool]] = {
     "missing spool": (missing_spool, False),
     "QUEUE_DIR not initialised": (empty_queue_dir, False),
@@ -138,6 +148,8 @@ BROKEN: dict[str, tuple[Callable[[Path, dict[str, str]], str], bool]] = {
     "two credentials": (two_credentials, False),
     "unreadable certificate": (unreadable_certificate, True),
     "unwritable LOG_DIR": (unwritable_log_dir, True),
+    "config syntax error": (syntax_error, False),
+    "malformed ALLOWED_FROM_USERS": (bad_allowed_from_users, False),
 }
 
 

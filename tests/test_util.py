@@ -407,7 +407,7 @@ def test_env_template_explains_every_key() -> None:
 def test_env_template_sets_nothing() -> None:
     """Installed as /etc/mssendmail/.env it must not change any default."""
     text = (UTIL / "mssendmail.env.example").read_text()
-    assert config.parse_env_text(text) == {}
+    assert config.parse_env_text(text) == ({}, [])  # and it parses
 
 
 def doc_section(doc: str, name: str) -> str:
@@ -495,6 +495,7 @@ def test_install_says_which_python_and_why(installed: Installed) -> None:
     assert re.search(r"^install\.sh: using Python 3\.\d+\.\d+\S* at /\S+: \S", out, re.M), out
 
 
+@pytest.mark.slow  # installs twice with /usr/bin/python3 whatever runs pytest: once is enough
 def test_install_leaves_another_mta_alone_without_force(installed: Installed) -> None:
     first = installed.outputs[0]
     assert "/usr/sbin/sendmail belongs to another MTA" in first.stderr

@@ -2,7 +2,8 @@
 
 Each check returns PASS, WARN or FAIL with one line saying what was seen
 and, when it is not PASS, what to do. In order: the config parses and its
-values are usable (unknown keys flagged), exactly one credential, SENDER
+values are usable (unknown keys flagged), who may send as which From
+(ALLOWED_FROM, ALLOWED_FROM_USERS), exactly one credential, SENDER
 and the address policy, the secrets file is not readable by everyone, the
 spool is usable and has the modes `init` gives it, LOG_DIR, a token can be
 acquired, the token's ``roles`` claim holds Mail.Send (FAIL without) and
@@ -95,9 +96,7 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
     except MssendmailError as exc:
         return [Result(FAIL, "config", str(exc))]
     results.append(check_config(cfg))
-    allowed = check_allowed_from(cfg)
-    if allowed is not None:
-        results.append(allowed)
+    results.append(check_allowed_from(cfg))
     graph = startup.is_graph(cfg)
     cred: Result | None = None
     if graph:
@@ -137,31 +136,62 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
     return results
 
 
-def check_allowed_from(cfg: Config) -> Result | None:
-    """The trust model of ALLOWED_FROM, said out loud (issue 12).
+def check_allowed_from(cfg: Config) -> Result:
+    """The trust model: which local user may send as which From (issue 12).
 
     Whoever can run sendmail on this host may put any From: in a message, so
-    every address ALLOWED_FROM allows is an address every local user may
-    send as; an @domain entry allows every mailbox of that domain.
+    every address ALLOWED_FROM allows is one every local user may send as
+    (an @domain entry: every mailbox of the domain), except the addresses
+    ALLOWED_FROM_USERS reserves to named users and groups
+    (mssendmail.delivery.trust). Everything else is rewritten to SENDER.
     """
-    entries = cfg.addresses("ALLOWED_FROM")
-    if not entries:
-        return None
-    domains = [e for e in entries if e.startswith("@")]
-    if domains:
+    from mssendmail.delivery import trust
+
+    name = "allowed-from"
+    try:
+        everyone = trust.parse_grants(
+            "ALLOWED_FROM", cfg.addresses("ALLOWED_FROM"), "ALLOWED_FROM=app@example.com"
+        )
+        rules = trust.parse_users(cfg.get("ALLOWED_FROM_USERS"))
+    except MssendmailError as exc:
+        return Result(FAIL, name, str(exc))
+    sender = cfg.get("SENDER") or "SENDER"
+    shown = [sender, *everyone.shown()]
+    text = f"every local user may send as {', '.join(shown)}"
+    if rules:
+        labels = [f"group {r.who[1:]}" if r.who.startswith("@") else r.who for r in rules]
+        text += "; reserved by ALLOWED_FROM_USERS to "
+        text += "; ".join(f"{lab}: {', '.join(r.grants.shown())}" for lab, r in zip(labels, rules))
+        text += "; root may use all of these; smtpd mail counts as its AUTH login, else as "
+        text += "the service user"
+    text += "; any other From is sent as SENDER"
+    unknown = [r.who for r in rules if not _known(r.who)]
+    if unknown:
+        return Result(WARN, name, f"{text}; no such user or group: {', '.join(unknown)} (typo?)")
+    if everyone.domains:
         return Result(
             WARN,
-            "allowed-from",
-            f"ALLOWED_FROM has {', '.join(domains)}: every local user may send as any "
-            "mailbox of that domain the app can reach; list single addresses instead, "
-            "or scope the app with an application access policy",
+            name,
+            f"{text}. ALLOWED_FROM has a domain: every local user may send as any mailbox "
+            "of it the app can reach; list single addresses, reserve mailboxes with "
+            "ALLOWED_FROM_USERS, or scope the app with an application access policy",
         )
-    return Result(
-        PASS,
-        "allowed-from",
-        f"every local user may send as {', '.join(entries)} (ALLOWED_FROM); "
-        "the app's mailbox scope still applies",
-    )
+    return Result(PASS, name, f"{text}; the app's mailbox scope still applies")
+
+
+def _known(who: str) -> bool:
+    """Is an ALLOWED_FROM_USERS name a user, a uid, or (@name) a group on this host?"""
+    import grp
+    import pwd
+
+    try:
+        if who.startswith("@"):
+            grp.getgrnam(who[1:])
+        elif not who.isdigit():
+            pwd.getpwnam(who)
+    except KeyError:
+        return False
+    return True
 
 
 def check_config(cfg: Config) -> Result:
@@ -170,6 +200,9 @@ def check_config(cfg: Config) -> Result:
         if cfg.path and os.path.exists(cfg.path):
             return Result(FAIL, name, f"cannot read {cfg.path}; run as root")
         return Result(WARN, name, f"{cfg.path} does not exist; running on defaults and environment")
+    problem = cfg.syntax_problem()
+    if problem is not None:
+        return Result(FAIL, name, problem)
     try:
         startup.check_settings(cfg)
         Limits.from_config(cfg)

@@ -277,6 +277,9 @@ def _act_send(job: Job) -> Outcome:
         _log_attempt(info, attempt, _kind(exc), exc.status, exc.code, exc.request_id, started)
         assert job.message is not None  # read before prepare()
         return _failed(ctx, held, state, envelope, job.message, prepared.mailbox, exc, sent_at)
+    except Exception:
+        idempotency.note_crash(ctx, held.queue_id, state, sent_at)  # a bug; it may have gone
+        raise  # deliver() counts it as a crash of this message (poison.py)
     _log_attempt(info, attempt, "sent", delivered.status, None, delivered.request_id, started)
     record_info.update(sent=ctx.now(), attempts=attempt, request_id=delivered.request_id)
     return _record_sent(ctx, held, prepared, record_info, sent_at)

@@ -3,7 +3,8 @@
 Job: Graph answers sendMail with 202 before it processes the message, and
 a 5xx, a 429 without Retry-After, a timeout or a reset can come back even
 though Exchange goes on to deliver it. A message found claimed by a worker
-that died may have been sent too. Such an attempt is recorded as
+that died may have been sent too, and so may one whose send raised an
+unexpected (unclassified) exception. Such an attempt is recorded as
 ``unknown`` in the message's meta/ record (durably: write_atomic) before the
 message is deferred or put back, and the next attempt first looks it up:
 
@@ -105,12 +106,26 @@ def mark_recovered(spool: Spool, queue_id: str, now: float) -> None:
     except FileNotFoundError:
         return
     state = meta.read(spool, queue_id)
+    _mark(state, now, since, "claimed by a worker that died")
+    meta.write(spool, queue_id, state)
+
+
+def note_crash(ctx: Context, queue_id: str, state: dict[str, Any], started: float) -> None:
+    """An unexpected exception inside the send: its request may have reached Graph.
+
+    Written to meta/ at once (poison.crashed re-reads it there), so the
+    crash's retry looks before it resends, as after a dead worker's claim.
+    """
+    _mark(state, ctx.now(), started, "the send raised an unexpected error")
+    meta.write(ctx.spool, queue_id, state)
+
+
+def _mark(state: dict[str, Any], now: float, since: float, why: str) -> None:
     previous = state.get(UNKNOWN)
     if isinstance(previous, dict) and isinstance(previous.get("since"), (int, float)):
         since = min(since, float(previous["since"]))
-    state[UNKNOWN] = {"time": now, "since": since, "why": "claimed by a worker that died"}
-    meta.add_event(state, now, "unknown", "claimed by a worker that died; look before resending")
-    meta.write(spool, queue_id, state)
+    state[UNKNOWN] = {"time": now, "since": since, "why": why}
+    meta.add_event(state, now, "unknown", f"{why}; look before resending")
 
 
 def before_send(

@@ -48,7 +48,9 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from email.message import Message
-from email.utils import getaddresses
+
+from mssendmail.errors import DataError
+from mssendmail.submission.addresses import parse_mailboxes
 
 CRLF = b"\r\n"
 MAX_LINE = 998  # octets, excluding CRLF (RFC 5322 section 2.1.1)
@@ -574,8 +576,16 @@ def _encoded_word(octets: bytes) -> str:
 
 
 def _address_list(value: str) -> str | None:
-    """An address field with encoded display names; None when it does not parse."""
-    pairs = getaddresses([value])
+    """An address field with encoded display names; None when it does not parse.
+
+    The project's parser, not email.utils.getaddresses, whose answers differ
+    between Python patch releases (issue 14): the field is read the same way
+    here as in prepare's sender and recipient checks.
+    """
+    try:
+        pairs = parse_mailboxes(value)
+    except DataError:
+        return None
     if not pairs or any(not addr or "@" not in addr for _, addr in pairs):
         return None
     items = []

@@ -23,7 +23,8 @@ What it does, and why:
   removes Bcc from delivered copies). To/Cc recipients outside the envelope
   cannot be suppressed without changing what readers see; they come back as
   warnings for the log.
-* The mailbox is SENDER, or the From address when ALLOWED_FROM allows it.
+* The mailbox is SENDER, or the From address when mssendmail.delivery.trust
+  allows it to this message's submitter (ALLOWED_FROM, ALLOWED_FROM_USERS).
   A missing From becomes ``"<-F name or FROM_NAME>" <SENDER>``; a From that is
   not allowed is rewritten to SENDER with its display name kept (also cron's
   comment form ``root (Cron Daemon)``), the old address moving to Reply-To
@@ -39,6 +40,7 @@ stripped of control characters and quoted or RFC 2047-encoded.
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 import weakref
@@ -52,6 +54,7 @@ from email.utils import formatdate, quote
 from typing import Any
 
 from mssendmail.config import Config
+from mssendmail.delivery import trust
 from mssendmail.delivery.aliases import AliasFile, Resolver
 from mssendmail.delivery.limits import (
     Limits,
@@ -100,8 +103,10 @@ class SenderPolicy:
         *,
         from_name: str = "",
         allowed_from: Iterable[str] = (),
+        allowed_users: str = "",
         default_charset: str = "iso-8859-1",
         limits: Limits | None = None,
+        service_uid: int | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.sender = sender
@@ -109,19 +114,12 @@ class SenderPolicy:
         self.sender_domain = sender.rpartition("@")[2]
         self.resolver = resolver
         self.from_name = from_name
-        self.allowed_addresses: set[str] = set()
-        self.allowed_domains: set[str] = set()
-        for entry in allowed_from:
-            local, at, domain = entry.strip().lower().rpartition("@")
-            if not at or not domain or " " in entry.strip():
-                raise ConfigError(
-                    f"ALLOWED_FROM entry {entry!r} is neither an address nor @domain; "
-                    "use e.g. ALLOWED_FROM=app@example.com,@example.org"
-                )
-            if local:
-                self.allowed_addresses.add(f"{local}@{domain}")
-            else:
-                self.allowed_domains.add(domain)
+        everyone = trust.parse_grants(
+            "ALLOWED_FROM", allowed_from, "ALLOWED_FROM=app@example.com,@example.org"
+        )
+        self.rules = trust.FromRules(everyone, trust.parse_users(allowed_users))
+        # The worker's own uid is the service user's: smtpd queues as it.
+        self.service_uid = os.geteuid() if service_uid is None else service_uid
 
     @classmethod
     def from_config(cls, cfg: Config) -> SenderPolicy:
@@ -153,19 +151,24 @@ class SenderPolicy:
             resolver,
             from_name=cfg.get("FROM_NAME"),
             allowed_from=cfg.addresses("ALLOWED_FROM"),
+            allowed_users=cfg.get("ALLOWED_FROM_USERS"),
             default_charset=charset,
             limits=Limits.from_config(cfg),
         )
 
-    def allows(self, address: str) -> bool:
-        """May mail be sent as this From address (its own mailbox)?"""
+    def allows(self, address: str, envelope: Mapping[str, Any] | None = None) -> bool:
+        """May the submitter of this envelope send as this From address (its own mailbox)?
+
+        No envelope: as a local user that ALLOWED_FROM_USERS does not list.
+        """
         address = address.lower()
         if address == self.sender.lower():
             return True
-        local, at, domain = address.rpartition("@")
+        local, at, _ = address.rpartition("@")
         if not local or not at or self.resolver.needs_resolving(address):
             return False
-        return address in self.allowed_addresses or domain in self.allowed_domains
+        who = trust.submitter(envelope or {}, self.service_uid)
+        return self.rules.allows(address, who)
 
 
 _POLICIES: weakref.WeakKeyDictionary[Config, SenderPolicy] = weakref.WeakKeyDictionary()
@@ -314,6 +317,7 @@ class _Envelope:
     recipients: list[str]
     full_name: str
     time: float
+    who: Mapping[str, Any]  # uid and smtp_user, for trust.submitter
 
 
 def _check_envelope(envelope: Mapping[str, Any]) -> _Envelope:
@@ -340,7 +344,8 @@ def _check_envelope(envelope: Mapping[str, Any]) -> _Envelope:
             rcpt = found[0] if len(found) == 1 else ""
         if rcpt:
             addresses.append(rcpt)
-    return _Envelope(addresses, clean_name(full_name), float(when))
+    who = {k: envelope.get(k) for k in ("uid", "smtp_user")}
+    return _Envelope(addresses, clean_name(full_name), float(when), who)
 
 
 # ---------------------------------------------------------------- prepare
@@ -503,6 +508,22 @@ def _count_header_recipients(headers: _Headers, policy: SenderPolicy) -> None:
     check_header_recipients(sum(len(_addresses(v, "To/Cc/Bcc", [])) for v in values), policy.limits)
 
 
+def _say_if_reserved(
+    policy: SenderPolicy, pairs: list[tuple[str, str]], env: _Envelope, warnings: list[str]
+) -> None:
+    """A log line when ALLOWED_FROM_USERS, not a missing ALLOWED_FROM entry, said no."""
+    if len(pairs) != 1:
+        return
+    address = pairs[0][1].lower()
+    owners = policy.rules.owners(address)
+    if owners is not None:
+        who = trust.submitter(env.who, policy.service_uid).describe()
+        warnings.append(
+            f"From {address} is reserved to {', '.join(owners)} by ALLOWED_FROM_USERS, "
+            f"not to {who}; sent as SENDER"
+        )
+
+
 def _fix_from(headers: _Headers, policy: SenderPolicy, env: _Envelope, warnings: list[str]) -> str:
     """Make From a mailbox we may send as; returns that mailbox."""
     fallback_name = env.full_name or clean_name(policy.from_name)
@@ -520,7 +541,7 @@ def _fix_from(headers: _Headers, policy: SenderPolicy, env: _Envelope, warnings:
     shown = clean_name(_decode_words(next((n for n, _ in pairs if n), "")))
     usable_name = shown if "@" not in shown else ""
 
-    if len(unique) == 1 and policy.allows(pairs[0][1]):
+    if len(unique) == 1 and policy.allows(pairs[0][1], env.who):
         mailbox = pairs[0][1]
         if len(pairs) > 1 or usable_name != shown:
             # "a@b <a@b>": an unquoted address as display name; Graph refuses it.
@@ -528,6 +549,7 @@ def _fix_from(headers: _Headers, policy: SenderPolicy, env: _Envelope, warnings:
     else:
         mailbox = policy.sender
         headers.fields[first] = address_field("From", [(usable_name or fallback_name, mailbox)])
+        _say_if_reserved(policy, pairs, env, warnings)
         if not headers.find("reply-to"):
             # Bare names (cron's "root") are no address anyone can reply to.
             replies = [(n, a) for n, a in pairs if not policy.resolver.needs_resolving(a)]

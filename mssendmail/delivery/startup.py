@@ -1,6 +1,7 @@
 """The worker's start-up validation, shared with `mssendmail-queue check`.
 
-Job: decide, before the worker starts, whether it can run: every key whose
+Job: decide, before the worker starts, whether it can run: the config file
+parses (no line python-dotenv would skip), every key whose
 bad value would stop it (numbers, durations, transport, endpoints, proxy
 and CA), the credential, SENDER and the address policy, the spool and the
 log directory. The worker runs ``validate()`` and exits with its one-line
@@ -53,6 +54,7 @@ def check_settings(cfg: Config) -> str:
     """Every key the worker parses at start-up or later in its loop."""
     from mssendmail.delivery import affinity
 
+    cfg.check_syntax()  # python-dotenv only warns and skips the line
     cfg.max_message_size  # noqa: B018 - validates the key
     for key in DURATIONS:
         cfg.seconds(key)

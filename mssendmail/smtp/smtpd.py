@@ -492,6 +492,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.hash_password is not None:
         return hash_password_command(args.hash_password or None)
     cfg = config.load(args.config)
+    cfg.check_syntax()  # exit 78 in one line, as the worker does
     sockets = activated_sockets()
     conf = settings(cfg, sockets)
     setup_logging(cfg)

@@ -285,6 +285,11 @@ def run(argv: list[str], prog: str, stdin_fd: int = 0) -> int:
         print(flags.usage() if opts.mode == "help" else f"mssendmail {__version__}")
         return 0
     cfg = config_mod.load(opts.config)
+    problem = cfg.syntax_problem()
+    if problem is not None:
+        # The worker refuses this config; the mail is queued anyway, on the
+        # lines that parse: a submitter must not lose mail to an admin's typo.
+        errors.say(f"{prog}: warning: {problem}; mail is still accepted")
     if opts.mode == "smtp":
         return run_bs(cfg)
     from mssendmail.spool.layout import Spool
