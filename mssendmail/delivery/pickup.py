@@ -99,30 +99,13 @@ def pickup(
     skips = SkipList() if skips is None else skips
     when = time.time() if now is None else now
     staged: list[Staged] = []
-    stalled: BaseException | None = None
     queued: list[str] = []
     try:
-        for name in names:
-            if limit is not None and len(staged) >= limit:
-                break
-            path = spool.path(MAILDROP, name)
-            if skips.has(path, name):
-                continue
-            try:
-                copy = _one(spool, name, max_size, when, skips)
-            except Stalled as exc:
-                stalled = exc.cause
-                break
-            except Exception as exc:  # a bug, or a kind of entry we never thought of
-                skips.add(path, name, f"cannot be picked up: {describe(exc)}")
-                continue
-            if copy is not None:
-                staged.append(copy)
+        stalled = _stage(spool, names, max_size, when, limit, skips, staged)
         queued = _commit(spool, staged)
         if owners is not None:
             uids = {item.name: item.uid for item in staged}
-            for name in queued:
-                owners[name] = uids[name]
+            owners.update((name, uids[name]) for name in queued)
         if queued:
             # The copies are durable (fsync + link + directory fsync in
             # _commit) before any original goes; a crash in between leaves
@@ -136,6 +119,34 @@ def pickup(
     if stalled is not None:
         raise Stalled(stalled, queued)
     return queued
+
+
+def _stage(
+    spool: Spool,
+    names: Iterable[str],
+    max_size: int,
+    now: float,
+    limit: int | None,
+    skips: SkipList,
+    staged: list[Staged],
+) -> BaseException | None:
+    """Stage entries into `staged` (at most `limit`); the cause if we ran short of something."""
+    for name in names:
+        if limit is not None and len(staged) >= limit:
+            break
+        path = spool.path(MAILDROP, name)
+        if skips.has(path, name):
+            continue
+        try:
+            copy = _one(spool, name, max_size, now, skips)
+        except Stalled as exc:
+            return exc.cause
+        except Exception as exc:  # a bug, or a kind of entry we never thought of
+            skips.add(path, name, f"cannot be picked up: {describe(exc)}")
+            continue
+        if copy is not None:
+            staged.append(copy)
+    return None
 
 
 def _one(spool: Spool, name: str, max_size: int, now: float, skips: SkipList) -> Staged | None:
