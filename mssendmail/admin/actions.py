@@ -145,69 +145,84 @@ def _event(spool: Spool, queue_id: str, event: str, detail: str, now: float) -> 
     meta.write(spool, queue_id, state)
 
 
-def retry(spool: Spool, queue_id: str, now: float | None = None) -> Result:
-    """Make a deferred message due now (its deferred/ mtime is the next attempt)."""
-    now = time.time() if now is None else now
-    if spool.locate(queue_id) in (QUEUE, MAILDROP):
-        return Result(queue_id, f"{queue_id}: already due")
-    held = take(spool, queue_id, (DEFERRED,))
+def _transition(
+    spool: Spool, queue_id: str, allowed: Iterable[str], act: Callable[[Claim], str]
+) -> Result:
+    """Take the message, act on it, release it: the shape every transition shares.
+
+    `act` returns the report ("due now"); the claim is released whatever it does.
+    """
+    held = take(spool, queue_id, allowed)
     try:
-        state = meta.read(spool, queue_id)
-        state["next_attempt"] = now
-        meta.add_event(state, now, "retry", "made due by an admin")
-        meta.write(spool, queue_id, state)
-        spool.set_due(queue_id, now)
+        text = act(held)
     finally:
         held.release()
-    return Result(queue_id, f"{queue_id}: due now")
+    return Result(queue_id, f"{queue_id}: {text}")
+
+
+def retry(spool: Spool, queue_id: str, now: float | None = None) -> Result:
+    """Make a deferred message due now (its deferred/ mtime is the next attempt)."""
+    when = time.time() if now is None else now
+    if spool.locate(queue_id) in (QUEUE, MAILDROP):
+        return Result(queue_id, f"{queue_id}: already due")
+
+    def act(held: Claim) -> str:
+        state = meta.read(spool, queue_id)
+        state["next_attempt"] = when
+        meta.add_event(state, when, "retry", "made due by an admin")
+        meta.write(spool, queue_id, state)
+        spool.set_due(queue_id, when)
+        return "due now"
+
+    return _transition(spool, queue_id, (DEFERRED,), act)
 
 
 def requeue(spool: Spool, queue_id: str, now: float | None = None) -> Result:
     """Move a dead letter back into the queue with a fresh attempt count."""
-    now = time.time() if now is None else now
-    held = take(spool, queue_id, (DEAD,))
-    try:
+    when = time.time() if now is None else now
+
+    def act(held: Claim) -> str:
         state = meta.read(spool, queue_id)
         state["attempts"] = 0
         state.pop("last_error", None)
         state.pop("next_attempt", None)
         # For the worker's MAX_AGE check: the age counts from here, not from submission.
-        state["requeued"] = now
-        meta.add_event(state, now, "requeued", "by an admin, attempts reset")
+        state["requeued"] = when
+        meta.add_event(state, when, "requeued", "by an admin, attempts reset")
         meta.write(spool, queue_id, state)
         spool.release_dead(queue_id)
         held.area = QUEUE
-    finally:
-        held.release()
-    return Result(queue_id, f"{queue_id}: requeued")
+        return "requeued"
+
+    return _transition(spool, queue_id, (DEAD,), act)
 
 
 def hold(spool: Spool, queue_id: str, now: float | None = None) -> Result:
     """Put a queued, deferred or orphaned active message on hold: never sent, never expires."""
-    now = time.time() if now is None else now
-    held = take(spool, queue_id, (QUEUE, DEFERRED, ACTIVE, HOLD))
-    try:
+    when = time.time() if now is None else now
+
+    def act(held: Claim) -> str:
         if held.area == HOLD:
-            return Result(queue_id, f"{queue_id}: already on hold")
-        _event(spool, queue_id, "hold", f"held by an admin (was {held.area})", now)
+            return "already on hold"
+        _event(spool, queue_id, "hold", f"held by an admin (was {held.area})", when)
         spool.move(queue_id, held.area, HOLD)
         held.area = HOLD
-    finally:
-        held.release()
-    return Result(queue_id, f"{queue_id}: on hold")
+        return "on hold"
+
+    return _transition(spool, queue_id, (QUEUE, DEFERRED, ACTIVE, HOLD), act)
 
 
 def release(spool: Spool, queue_id: str, now: float | None = None) -> Result:
     """Return a held message to the queue, due now."""
-    now = time.time() if now is None else now
-    held = take(spool, queue_id, (HOLD,))
-    try:
-        _event(spool, queue_id, "release", "released by an admin", now)
+    when = time.time() if now is None else now
+
+    def act(held: Claim) -> str:
+        _event(spool, queue_id, "release", "released by an admin", when)
         spool.move(queue_id, HOLD, QUEUE)
         held.area = QUEUE
-    finally:
-        held.release()
-    return Result(queue_id, f"{queue_id}: released")
+        return "released"
+
+    return _transition(spool, queue_id, (HOLD,), act)
 
 
 DELETABLE = (MAILDROP, QUEUE, DEFERRED, HOLD, DEAD, ACTIVE)
@@ -215,17 +230,16 @@ DELETABLE = (MAILDROP, QUEUE, DEFERRED, HOLD, DEAD, ACTIVE)
 
 def delete(spool: Spool, queue_id: str) -> Result:
     """Remove a message for good, with its meta and reason records."""
-    held = take(spool, queue_id, DELETABLE)
-    try:
-        area = held.area
-        spool.delete(queue_id, area)
+
+    def act(held: Claim) -> str:
+        spool.delete(queue_id, held.area)
         # The message is gone; leftovers below would only be orphaned records.
         meta.remove(spool, queue_id)
-        if area == DEAD:
+        if held.area == DEAD:
             spool.drop_reason(DEAD, queue_id)
-    finally:
-        held.release()
-    return Result(queue_id, f"{queue_id}: deleted")
+        return "deleted"
+
+    return _transition(spool, queue_id, DELETABLE, act)
 
 
 ACTIONS: dict[str, Callable[[Spool, str], Result]] = {
