@@ -550,20 +550,31 @@ def _fix_from(headers: _Headers, policy: SenderPolicy, env: _Envelope, warnings:
         mailbox = policy.sender
         headers.fields[first] = address_field("From", [(usable_name or fallback_name, mailbox)])
         _say_if_reserved(policy, pairs, env, warnings)
-        if not headers.find("reply-to"):
-            # Bare names (cron's "root") are no address anyone can reply to.
-            replies = [(n, a) for n, a in pairs if not policy.resolver.needs_resolving(a)]
-            if replies:
-                replies = [(_decode_words(n), a) for n, a in replies]
-                try:
-                    headers.added.append(address_field("Reply-To", replies))
-                except DataError as exc:
-                    warnings.append(f"original From kept out of Reply-To: {exc}")
+        _keep_from_as_reply_to(headers, policy, pairs, warnings)
+    _drop_foreign_sender(headers, mailbox, warnings)
+    return mailbox
 
+
+def _keep_from_as_reply_to(
+    headers: _Headers, policy: SenderPolicy, pairs: list[tuple[str, str]], warnings: list[str]
+) -> None:
+    """A From we replaced becomes Reply-To, unless the message has one."""
+    if headers.find("reply-to"):
+        return
+    # Bare names (cron's "root") are no address anyone can reply to.
+    replies = [(n, a) for n, a in pairs if not policy.resolver.needs_resolving(a)]
+    if replies:
+        replies = [(_decode_words(n), a) for n, a in replies]
+        try:
+            headers.added.append(address_field("Reply-To", replies))
+        except DataError as exc:
+            warnings.append(f"original From kept out of Reply-To: {exc}")
+
+
+def _drop_foreign_sender(headers: _Headers, mailbox: str, warnings: list[str]) -> None:
     for index in headers.find("sender"):
         named = _addresses(headers.value(index), "Sender", warnings)
         if {a.lower() for _, a in named} != {mailbox.lower()}:
             # Sender naming another mailbox makes Exchange check send-on-behalf rights.
             headers.fields[index] = None
             warnings.append("Sender header removed: it named a mailbox other than the one sending")
-    return mailbox
