@@ -305,8 +305,6 @@ def check_roles(token: str) -> list[Result]:
         return [Result(WARN, "roles", "the token is not a JWT; cannot read its roles")]
     raw = claims.get("roles")
     roles = sorted(r for r in raw if isinstance(r, str)) if isinstance(raw, list) else []
-    shown = ", ".join(roles) or "none"
-    results = []
     if not roles:
         # Exchange RBAC for Applications grants mail rights inside Exchange,
         # so a correctly scoped app gets a token with no Graph roles at all.
@@ -319,28 +317,29 @@ def check_roles(token: str) -> list[Result]:
                 "'mssendmail-queue test ADDRESS --wait'",
             )
         ]
+    return [_send_role(roles), _large_role(roles)]
+
+
+def _send_role(roles: list[str]) -> Result:
+    shown = ", ".join(roles)
     if REQUIRED_ROLE in roles:
-        results.append(Result(PASS, "Mail.Send", f"granted (token roles: {shown})"))
-    else:
-        results.append(
-            Result(
-                FAIL,
-                "Mail.Send",
-                f"NOT granted (token roles: {shown}); add the Microsoft Graph application "
-                "permission Mail.Send to the app and grant admin consent",
-            )
-        )
+        return Result(PASS, "Mail.Send", f"granted (token roles: {shown})")
+    return Result(
+        FAIL,
+        "Mail.Send",
+        f"NOT granted (token roles: {shown}); add the Microsoft Graph application "
+        "permission Mail.Send to the app and grant admin consent",
+    )
+
+
+def _large_role(roles: list[str]) -> Result:
     if LARGE_ROLE in roles:
-        results.append(Result(PASS, "Mail.ReadWrite", "granted: messages over 3 MB can be sent"))
-    else:
-        results.append(
-            Result(
-                WARN,
-                "Mail.ReadWrite",
-                "not granted: messages over about 3 MB will fail; add it if you send those",
-            )
-        )
-    return results
+        return Result(PASS, "Mail.ReadWrite", "granted: messages over 3 MB can be sent")
+    return Result(
+        WARN,
+        "Mail.ReadWrite",
+        "not granted: messages over about 3 MB will fail; add it if you send those",
+    )
 
 
 def check_worker(spool: Spool, now: float | None = None) -> Result:
