@@ -181,9 +181,11 @@ def _limits(spool: Spool, stats: Stats, now: float) -> None:
 
 def render(stats: Stats, now: float | None = None) -> list[str]:
     """The human view, within 80 columns."""
-    from mssendmail.admin.listing import human_delta, human_time, shorten, wrap
-
     now = time.time() if now is None else now
+    return [*_render_counts(stats), *_render_times(stats, now), *_render_state(stats, now)]
+
+
+def _render_counts(stats: Stats) -> list[str]:
     counts = stats.counts
     lines = [
         "  ".join(f"{name} {counts.get(name, 0)}" for name in ("queued", "active", "deferred"))
@@ -192,6 +194,14 @@ def render(stats: Stats, now: float | None = None) -> list[str]:
     ]
     if counts.get("corrupt"):
         lines.append(f"corrupt {counts['corrupt']} (quarantined submissions in corrupt/)")
+    return lines
+
+
+def _render_times(stats: Stats, now: float) -> list[str]:
+    """The oldest queued message, the last success and the last failure."""
+    from mssendmail.admin.listing import human_delta, human_time, wrap
+
+    lines = []
     if stats.oldest_queued_age is None:
         lines.append("oldest queued: none, queue is empty")
     else:
@@ -211,6 +221,14 @@ def render(stats: Stats, now: float | None = None) -> list[str]:
             f"last failure:  {human_time(stats.last_failure)} ({ago} ago) {stats.last_failure_id}"
         )
         lines.extend(wrap("  ", stats.last_failure_reason or "?", 2))
+    return lines
+
+
+def _render_state(stats: Stats, now: float) -> list[str]:
+    """Pause, budgets, waiting mail, the worker's heartbeat and MIME repairs."""
+    from mssendmail.admin.listing import human_delta, human_time, shorten, wrap
+
+    lines = []
     if stats.paused_until is not None:
         lines.extend(
             wrap(f"PAUSED until {human_time(stats.paused_until)}: ", stats.pause_reason or "?", 2)
