@@ -91,13 +91,18 @@ def take(spool: Spool, queue_id: str, allowed: Iterable[str]) -> Claim:
         if held is not None:
             return held
         time.sleep(0.05)
+    raise _not_taken(spool, queue_id, area)
+
+
+def _not_taken(spool: Spool, queue_id: str, area: str | None) -> MssendmailError:
+    """Why take() gave up, after its tries, on a message last seen in `area`."""
     if area is None:
         if status.is_sent(spool, queue_id):
-            raise WrongState(f"message {queue_id} was already sent; nothing to do")
-        raise _no_such(queue_id)
+            return WrongState(f"message {queue_id} was already sent; nothing to do")
+        return _no_such(queue_id)
     if area == ACTIVE:
-        raise Busy(f"message {queue_id} is being sent right now; try again in a moment")
-    raise Busy(f"message {queue_id} is busy (the worker holds it); try again in a moment")
+        return Busy(f"message {queue_id} is being sent right now; try again in a moment")
+    return Busy(f"message {queue_id} is busy (the worker holds it); try again in a moment")
 
 
 def pick_up_one(spool: Spool, queue_id: str) -> None:
