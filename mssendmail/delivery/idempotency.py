@@ -156,20 +156,28 @@ def before_send(
             landed = _landed(ctx, mailbox, prepared.message_id, since, draft_id)
     except DeliveryError as exc:
         return _lookup_failed(ctx, held, state, exc, mailbox)
+    how = "draft" if draft_id else "lookup"
     if landed:
-        log.info(kv(**_info(record), outcome="sent-earlier", how="draft" if draft_id else "lookup"))
+        log.info(kv(**_info(record), outcome="sent-earlier", how=how))
         outcome.sent(ctx.spool, held, {**record, "sent": now, "outcome": "sent-earlier"})
         from mssendmail.delivery import cleanup
 
         cleanup.schedule(ctx, qid, mailbox, prepared.message_id, since)
         return "sent"
-    ready = max(since, _number(unknown.get("time"), now)) + delay(ctx)
-    if now < ready and not draft_id:
+    return _not_landed(ctx, held, state, since, how, now)
+
+
+def _not_landed(
+    ctx: Context, held: Claim, state: dict[str, Any], since: float, how: str, now: float
+) -> str | None:
+    """The lookup found nothing: look again later while a copy may be on its way, else send."""
+    ready = max(since, _number(state[UNKNOWN].get("time"), now)) + delay(ctx)
+    if now < ready and how != "draft":
         # Not there yet, but the copy may still be on its way.
         meta.add_event(state, now, "lookup", "not in Sent Items yet; looking again later")
         outcome.defer(ctx.spool, held, state, ready)
         return "deferred"
-    log.info(kv(id=qid, event="lookup", found=False, how="draft" if draft_id else "lookup"))
+    log.info(kv(id=held.queue_id, event="lookup", found=False, how=how))
     meta.add_event(state, now, "lookup", "not sent earlier; sending again")
     state.pop(UNKNOWN, None)
     return None
