@@ -469,7 +469,20 @@ def _fix_recipient_headers(
                 headers.fields[index] = address_field(header, pairs) if pairs else None
             for _, addr in pairs:
                 visible.setdefault(addr.lower(), addr)
-    outside = [addr for key, addr in visible.items() if key not in envelope]
+    _warn_outside([addr for key, addr in visible.items() if key not in envelope], warnings)
+    for index in headers.find("bcc"):
+        for _, addr in _addresses(headers.value(index), "Bcc", warnings):
+            for resolved in resolver.resolve(addr):
+                if resolved.lower() not in envelope:
+                    warnings.append(f"Bcc recipient {resolved} is not in the envelope; removed")
+    headers.remove("bcc")
+    hidden = [r for r in recipients if r.lower() not in visible]
+    if hidden:
+        headers.added.append(address_field("Bcc", [("", r) for r in hidden]))
+
+
+def _warn_outside(outside: list[str], warnings: list[str]) -> None:
+    """One warning for the header recipients that are not envelope recipients."""
     if len(outside) == 1:
         warnings.append(
             f"header recipient {outside[0]} is not an envelope recipient; "
@@ -487,16 +500,6 @@ def _fix_recipient_headers(
             f"{len(outside)} header recipients are not envelope recipients ({first}{more}); "
             "Graph delivers to them anyway"
         )
-
-    for index in headers.find("bcc"):
-        for _, addr in _addresses(headers.value(index), "Bcc", warnings):
-            for resolved in resolver.resolve(addr):
-                if resolved.lower() not in envelope:
-                    warnings.append(f"Bcc recipient {resolved} is not in the envelope; removed")
-    headers.remove("bcc")
-    hidden = [r for r in recipients if r.lower() not in visible]
-    if hidden:
-        headers.added.append(address_field("Bcc", [("", r) for r in hidden]))
 
 
 def _count_header_recipients(headers: _Headers, policy: SenderPolicy) -> None:
