@@ -118,18 +118,25 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
     if cfg.log_dir:
         results.append(_step(cfg, "logs", startup.check_log_dir))
     if cred is not None and cred.status == PASS:
-        token_result, token = check_token(cfg, fetch)
-        results.append(token_result)
-        if token is not None:
-            from mssendmail.admin import safety
+        results.extend(_token_checks(cfg, spool, fetch))
+    return results + _queue_checks(cfg, spool)
 
-            results.extend(check_roles(token))
-            results.extend(safety.checks(cfg, spool, token))
+
+def _token_checks(cfg: Config, spool: Spool, fetch: TokenFetcher) -> list[Result]:
+    """A token, and what it grants: run only once the credentials look right."""
+    token_result, token = check_token(cfg, fetch)
+    if token is None:
+        return [token_result]
+    from mssendmail.admin import safety
+
+    return [token_result, *check_roles(token), *safety.checks(cfg, spool, token)]
+
+
+def _queue_checks(cfg: Config, spool: Spool) -> list[Result]:
+    """Budgets, the worker's heartbeat, the trigger FIFO and a pause."""
     from mssendmail.admin.safety import check_budget
 
-    results.extend(check_budget(spool))
-    results.append(check_worker(spool))
-    results.append(check_trigger(spool))
+    results = [*check_budget(spool), check_worker(spool), check_trigger(spool)]
     paused = check_pause(spool, cfg=cfg)
     if paused is not None:
         results.append(paused)
