@@ -73,6 +73,7 @@ DEFAULTS: dict[str, str] = {
     "MAX_ATTEMPTS": "",
     "DEAD_LETTER_NOTIFY": "",
     "SENT_RETENTION": "7d",
+    "CORRUPT_RETENTION": "7d",
     # Per-message limits (mssendmail.delivery.limits): over one = dead letter naming it.
     "MAX_ATTACHMENTS": "250",
     "MAX_MIME_PARTS": "1000",

@@ -281,8 +281,9 @@ def test_killing_workers_loses_nothing_and_resends_only_in_the_202_window(
 HARNESS = """
 import os, signal, sys
 import mssendmail.delivery.outcome as outcome
+import mssendmail.spool.sentrecord as sentrecord
 point, victim = sys.argv[1], sys.argv[2]
-real_sent, real_rewrite = outcome.sent, outcome._rewrite_parked
+real_sent, real_rewrite = outcome.sent, sentrecord.rewrite_parked
 
 def sent(spool, held, info):
     if held.queue_id == victim and point == "after-202":
@@ -296,7 +297,7 @@ def rewrite(spool, queue_id, record):
     if queue_id == victim and point == "after-sent-record":
         os.kill(os.getpid(), signal.SIGKILL)  # recorded; meta and claim not yet cleaned
 
-outcome.sent, outcome._rewrite_parked = sent, rewrite
+outcome.sent, sentrecord.rewrite_parked = sent, rewrite
 import mssendmail.delivery.worker as worker_mod
 # One thread, one message in flight: only the victim can be in the 202 window
 # (extra preparing threads could put a second message there at the kill).

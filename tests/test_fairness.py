@@ -10,10 +10,10 @@ import pytest
 
 from mssendmail.config import Config
 from mssendmail.delivery.attempt import Context, RetryPolicy
-from mssendmail.delivery.fairness import OVER_CAP_FILE, FairQueue, interleave
+from mssendmail.delivery.fairness import FairQueue, interleave
 from mssendmail.delivery.worker import Worker
 from mssendmail.errors import SpoolError
-from mssendmail.spool.layout import MAILDROP, Spool
+from mssendmail.spool.layout import MAILDROP, OVER_CAP_FILE, Spool
 from mssendmail.submission.writer import Submission, check_quota, make_envelope
 from mssendmail.transport import Delivered
 

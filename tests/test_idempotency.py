@@ -19,6 +19,7 @@ from mssendmail.delivery.pickup import pickup
 from mssendmail.spool import meta
 from mssendmail.spool.claim import claim
 from mssendmail.spool.layout import ACTIVE, DEFERRED, QUEUE, STATE, Spool, init_tree
+from mssendmail.spool.layout import SENTITEMS_DENIED_FILE as DENIED_FILE
 from mssendmail.submission.writer import Submission, make_envelope
 from mssendmail.transport import Delivered
 from tests.fakegraph import FakeGraph, Fault, running
@@ -152,7 +153,7 @@ def test_without_the_permission_it_resends_and_check_can_tell(
     assert deliver(ctx, qid, QUEUE) == Outcome.DEFERRED
     assert retry_now(ctx, qid) == Outcome.SENT  # 403 on the lookup: behaves as before
     assert subjects(fake) == ["m1", "m1"]
-    denied = json.loads(Path(spool.path(STATE, idempotency.DENIED_FILE)).read_text())
+    denied = json.loads(Path(spool.path(STATE, DENIED_FILE)).read_text())
     assert denied["mailbox"] == SENDER
     # Known denied: the next unknown outcome is resent without asking again.
     qid2 = queue(spool, "m2")

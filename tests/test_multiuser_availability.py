@@ -348,3 +348,46 @@ def test_traps_and_a_10000_flood_by_one_user_delay_another_by_under_5s(
     assert once.returncode == 0, err[-2000:]
     assert "Traceback" not in err
     assert len(os.listdir(world["outbox"])) == FLOOD + 2
+
+
+def test_a_quarantined_file_is_out_of_its_submitters_reach(world: dict[str, Any]) -> None:
+    """t1 plants garbage, keeps it open for writing, and writes on after the quarantine."""
+    planted = os.path.join(world["spool"], MAILDROP, new_id())
+    code = (
+        "import os, sys\n"
+        f"fd = os.open({planted!r}, os.O_WRONLY | os.O_CREAT, 0o640)\n"
+        "os.write(fd, b'junk' * 100)\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "os.write(fd, b'MORE' * 1000)\n"
+        "print(os.fstat(fd).st_size, flush=True)\n"
+    )
+    writer = subprocess.Popen(
+        [*world["python"], code],
+        env=world["env"],
+        cwd="/",
+        user=world["t1"].pw_uid,
+        group=world["t1"].pw_gid,
+        extra_groups=[],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        proc = as_user(world["service"], worker_cmd(world, "--once"), world["env"])
+        assert proc.returncode == 0, proc.stderr
+        out, _ = writer.communicate("go\n", timeout=30)
+    finally:
+        writer.kill()
+    assert int(out) == 4400  # its writes went on, into its own inode
+    corrupt = os.path.join(world["spool"], CORRUPT)
+    [entry] = [n for n in os.listdir(corrupt) if not n.endswith(".reason.json")]
+    st = os.stat(os.path.join(corrupt, entry))
+    assert st.st_uid == world["service"].pw_uid  # the worker's copy, not t1's file
+    assert Path(corrupt, entry).read_bytes() == b"junk" * 100
+    assert not os.path.exists(planted)
+    probed = probe(
+        world, "t1", f"t('append', lambda: open({os.path.join(corrupt, entry)!r}, 'ab'))"
+    )
+    assert probed == {"append": "PermissionError"}

@@ -146,3 +146,37 @@ def test_limit_bounds_one_round(spool: Spool) -> None:
     first = pickup(spool, MAX, limit=2)
     assert first == sorted(ids)[:2]
     assert sorted(first + pickup(spool, MAX)) == sorted(ids)
+
+
+# ---- quarantine keeps a copy the submitter cannot change (issue 12) ------------
+
+
+def test_a_quarantined_file_is_a_copy_the_submitters_open_fd_cannot_reach(spool: Spool) -> None:
+    planted = spool.path(MAILDROP, new_id())
+    fd = os.open(planted, os.O_WRONLY | os.O_CREAT, 0o640)
+    os.write(fd, b"junk" * 100)
+    try:
+        assert pickup(spool, MAX) == []
+        os.write(fd, b"MORE" * 1000)  # the submitter goes on writing into what it still holds
+    finally:
+        os.close(fd)
+    assert os.listdir(spool.dir(MAILDROP)) == []
+    [entry] = [n for n in os.listdir(spool.dir(CORRUPT)) if not n.endswith(".reason.json")]
+    assert Path(spool.dir(CORRUPT), entry).read_bytes() == b"junk" * 100
+    info = json.loads(Path(spool.dir(CORRUPT), entry + ".reason.json").read_text())
+    assert (info["kept"], info["size"], info["bytes"]) == ("copy", 400, 400)
+
+
+def test_a_huge_quarantined_file_keeps_only_its_head(spool: Spool) -> None:
+    from mssendmail.spool.intake import QUARANTINE_KEEP
+
+    planted = spool.path(MAILDROP, new_id())
+    with open(planted, "wb") as fh:
+        fh.write(b"H" * 10)
+        fh.truncate(MAX + 4 * QUARANTINE_KEEP)  # sparse; "too big"
+    assert pickup(spool, MAX) == []
+    [entry] = [n for n in os.listdir(spool.dir(CORRUPT)) if not n.endswith(".reason.json")]
+    kept = Path(spool.dir(CORRUPT), entry).read_bytes()
+    assert len(kept) == QUARANTINE_KEEP and kept.startswith(b"H" * 10)
+    info = json.loads(Path(spool.dir(CORRUPT), entry + ".reason.json").read_text())
+    assert info["size"] == MAX + 4 * QUARANTINE_KEEP and "too big" in info["reason"]

@@ -4,8 +4,8 @@ The scan walks the package's AST and reports, per (module, function), every call
 os.rename / os.link / os.unlink / os.remove / os.replace / os.utime, of the spool's
 own unlink_quiet, and every os.path.join onto a spool directory (``x.dir(...)``).
 Outside mssendmail/spool/ such a call fails the test unless ALLOWED names it with
-a reason. Entries marked "to move" are what the regroup of issue 15 has not moved
-yet; the test fails too when one of them no longer offends, so the list only shrinks.
+a reason (only OUTBOX_DIR, which is not a spool path). The test fails too when
+an allowed entry no longer offends, so the list only shrinks.
 """
 
 from __future__ import annotations
@@ -21,26 +21,6 @@ FILE_OPS = {"rename", "link", "unlink", "remove", "replace", "utime", "unlink_qu
 ALLOWED: dict[str, str] = {
     # Not the spool: OUTBOX_DIR, the file transport's own directory.
     "transport.py:FileTransport.send": "OUTBOX_DIR is not a spool path",
-    # To move into spool/ (issue 15 follow-up): each is one verb for Spool.
-    "submission/writer.py:Submission.commit": "to move: Spool.submit (rename into maildrop/)",
-    "submission/writer.py:Submission.abort": "to move: Spool.submit",
-    "delivery/pickup.py:pickup": "to move: Spool.pick_up (unlink the maildrop/ original)",
-    "delivery/pickup.py:_commit": "to move: Spool.pick_up (link into queue/)",
-    "delivery/pickup.py:ingest": "to move: Spool.pick_up",
-    "delivery/pickup.py:_copy_verified": "to move: Spool.pick_up",
-    "delivery/pickup.py:quarantine": "to move: Spool.quarantine",
-    "delivery/outcome.py:sent": "to move: Spool.record_sent",
-    "delivery/outcome.py:_rewrite_parked": "to move: Spool.record_sent",
-    "delivery/outcome.py:sweep_sent": "to move: Spool.record_sent",
-    "delivery/idempotency.py:_forget_denied": "to move: a state/ file verb",
-    "delivery/cleanup.py:run_due": "to move: a state/ job verb (SENT_ITEMS=delete jobs)",
-    "delivery/cleanup.py:_run_one": "to move: a state/ job verb",
-    "delivery/cleanup.py:_give_up": "to move: a state/ job verb",
-    "delivery/pickup.py:Staged.release": "to move: Spool.pick_up (its temp copy)",
-    "delivery/fairness.py:publish_over_cap": "to move: a state/ file verb",
-    "admin/maildrop.py:remove": "to move: Spool.delete (a maildrop/ entry)",
-    "admin/actions.py:requeue": "to move: Spool.release_dead",
-    "admin/actions.py:delete": "to move: Spool.delete",
 }
 
 

@@ -194,7 +194,7 @@ def test_failed_commit_takes_the_message_back(
     def broken(path: str, via_fd: int | None = None) -> None:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr("mssendmail.submission.writer.fsync_dir", broken)
+    monkeypatch.setattr("mssendmail.spool.layout.fsync_dir", broken)
     with pytest.raises(SpoolError):
         write_one(spool, b"x")
     assert os.listdir(spool.dir(MAILDROP)) == []

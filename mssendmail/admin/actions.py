@@ -30,10 +30,8 @@ from mssendmail.spool.layout import (
     MAILDROP,
     QUEUE,
     Spool,
-    fsync_dir,
     is_id,
     service_ids,
-    unlink_quiet,
 )
 
 LOCK_TRIES = 5
@@ -98,13 +96,18 @@ def take(spool: Spool, queue_id: str, allowed: Iterable[str]) -> Claim:
         if held is not None:
             return held
         time.sleep(0.05)
+    raise _not_taken(spool, queue_id, area)
+
+
+def _not_taken(spool: Spool, queue_id: str, area: str | None) -> MssendmailError:
+    """Why take() gave up, after its tries, on a message last seen in `area`."""
     if area is None:
         if status.is_sent(spool, queue_id):
-            raise WrongState(f"message {queue_id} was already sent; nothing to do")
-        raise _no_such(queue_id)
+            return WrongState(f"message {queue_id} was already sent; nothing to do")
+        return _no_such(queue_id)
     if area == ACTIVE:
-        raise Busy(f"message {queue_id} is being sent right now; try again in a moment")
-    raise Busy(f"message {queue_id} is busy (the worker holds it); try again in a moment")
+        return Busy(f"message {queue_id} is being sent right now; try again in a moment")
+    return Busy(f"message {queue_id} is busy (the worker holds it); try again in a moment")
 
 
 def pick_up_one(spool: Spool, queue_id: str) -> None:
@@ -152,70 +155,84 @@ def _event(spool: Spool, queue_id: str, event: str, detail: str, now: float) -> 
     meta.write(spool, queue_id, state)
 
 
-def retry(spool: Spool, queue_id: str, now: float | None = None) -> Result:
-    """Make a deferred message due now (its deferred/ mtime is the next attempt)."""
-    now = time.time() if now is None else now
-    if spool.locate(queue_id) in (QUEUE, MAILDROP):
-        return Result(queue_id, f"{queue_id}: already due")
-    held = take(spool, queue_id, (DEFERRED,))
+def _transition(
+    spool: Spool, queue_id: str, allowed: Iterable[str], act: Callable[[Claim], str]
+) -> Result:
+    """Take the message, act on it, release it: the shape every transition shares.
+
+    `act` returns the report ("due now"); the claim is released whatever it does.
+    """
+    held = take(spool, queue_id, allowed)
     try:
-        state = meta.read(spool, queue_id)
-        state["next_attempt"] = now
-        meta.add_event(state, now, "retry", "made due by an admin")
-        meta.write(spool, queue_id, state)
-        spool.set_due(queue_id, now)
+        text = act(held)
     finally:
         held.release()
-    return Result(queue_id, f"{queue_id}: due now")
+    return Result(queue_id, f"{queue_id}: {text}")
+
+
+def retry(spool: Spool, queue_id: str, now: float | None = None) -> Result:
+    """Make a deferred message due now (its deferred/ mtime is the next attempt)."""
+    when = time.time() if now is None else now
+    if spool.locate(queue_id) in (QUEUE, MAILDROP):
+        return Result(queue_id, f"{queue_id}: already due")
+
+    def act(held: Claim) -> str:
+        state = meta.read(spool, queue_id)
+        state["next_attempt"] = when
+        meta.add_event(state, when, "retry", "made due by an admin")
+        meta.write(spool, queue_id, state)
+        spool.set_due(queue_id, when)
+        return "due now"
+
+    return _transition(spool, queue_id, (DEFERRED,), act)
 
 
 def requeue(spool: Spool, queue_id: str, now: float | None = None) -> Result:
     """Move a dead letter back into the queue with a fresh attempt count."""
-    now = time.time() if now is None else now
-    held = take(spool, queue_id, (DEAD,))
-    try:
+    when = time.time() if now is None else now
+
+    def act(held: Claim) -> str:
         state = meta.read(spool, queue_id)
         state["attempts"] = 0
         state.pop("last_error", None)
         state.pop("next_attempt", None)
         # For the worker's MAX_AGE check: the age counts from here, not from submission.
-        state["requeued"] = now
-        meta.add_event(state, now, "requeued", "by an admin, attempts reset")
+        state["requeued"] = when
+        meta.add_event(state, when, "requeued", "by an admin, attempts reset")
         meta.write(spool, queue_id, state)
-        spool.move(queue_id, DEAD, QUEUE)
+        spool.release_dead(queue_id)
         held.area = QUEUE
-        unlink_quiet(spool.reason_path(DEAD, queue_id))
-    finally:
-        held.release()
-    return Result(queue_id, f"{queue_id}: requeued")
+        return "requeued"
+
+    return _transition(spool, queue_id, (DEAD,), act)
 
 
 def hold(spool: Spool, queue_id: str, now: float | None = None) -> Result:
     """Put a queued, deferred or orphaned active message on hold: never sent, never expires."""
-    now = time.time() if now is None else now
-    held = take(spool, queue_id, (QUEUE, DEFERRED, ACTIVE, HOLD))
-    try:
+    when = time.time() if now is None else now
+
+    def act(held: Claim) -> str:
         if held.area == HOLD:
-            return Result(queue_id, f"{queue_id}: already on hold")
-        _event(spool, queue_id, "hold", f"held by an admin (was {held.area})", now)
+            return "already on hold"
+        _event(spool, queue_id, "hold", f"held by an admin (was {held.area})", when)
         spool.move(queue_id, held.area, HOLD)
         held.area = HOLD
-    finally:
-        held.release()
-    return Result(queue_id, f"{queue_id}: on hold")
+        return "on hold"
+
+    return _transition(spool, queue_id, (QUEUE, DEFERRED, ACTIVE, HOLD), act)
 
 
 def release(spool: Spool, queue_id: str, now: float | None = None) -> Result:
     """Return a held message to the queue, due now."""
-    now = time.time() if now is None else now
-    held = take(spool, queue_id, (HOLD,))
-    try:
-        _event(spool, queue_id, "release", "released by an admin", now)
+    when = time.time() if now is None else now
+
+    def act(held: Claim) -> str:
+        _event(spool, queue_id, "release", "released by an admin", when)
         spool.move(queue_id, HOLD, QUEUE)
         held.area = QUEUE
-    finally:
-        held.release()
-    return Result(queue_id, f"{queue_id}: released")
+        return "released"
+
+    return _transition(spool, queue_id, (HOLD,), act)
 
 
 DELETABLE = (MAILDROP, QUEUE, DEFERRED, HOLD, DEAD, ACTIVE)
@@ -229,27 +246,25 @@ def delete(spool: Spool, queue_id: str) -> Result:
     meanwhile sees the original gone and drops its copy (pickup._commit);
     one that linked its copy first has queued it, and that copy goes too.
     """
-    try:
-        held = take(spool, queue_id, DELETABLE)
-    except Busy:
-        # The original may be there beside a worker's fresh, still locked copy.
-        if not os.path.lexists(spool.path(MAILDROP, queue_id)):
-            raise
-        unlink_quiet(spool.path(MAILDROP, queue_id))
-        fsync_dir(spool.dir(MAILDROP))
-        _delete_the_copy(spool, queue_id)
-        return Result(queue_id, f"{queue_id}: deleted (it was held locked in maildrop/)")
-    try:
-        area = held.area
-        os.unlink(spool.path(area, queue_id))
-        fsync_dir(spool.dir(area))
+
+    def act(held: Claim) -> str:
+        spool.delete(queue_id, held.area)
         # The message is gone; leftovers below would only be orphaned records.
         meta.remove(spool, queue_id)
-        if area == DEAD:
-            unlink_quiet(spool.reason_path(DEAD, queue_id))
-    finally:
-        held.release()
-    return Result(queue_id, f"{queue_id}: deleted")
+        if held.area == DEAD:
+            spool.drop_reason(DEAD, queue_id)
+        return "deleted"
+
+    try:
+        return _transition(spool, queue_id, DELETABLE, act)
+    except Busy as busy:
+        # The original may be there beside a worker's fresh, still locked copy.
+        try:
+            spool.delete(queue_id, MAILDROP)
+        except FileNotFoundError:
+            raise busy from None
+        _delete_the_copy(spool, queue_id)
+        return Result(queue_id, f"{queue_id}: deleted (it was held locked in maildrop/)")
 
 
 def _delete_the_copy(spool: Spool, queue_id: str) -> None:

@@ -118,18 +118,25 @@ def run(config_path: str | None, fetch: TokenFetcher = fetch_token) -> list[Resu
     if cfg.log_dir:
         results.append(_step(cfg, "logs", startup.check_log_dir))
     if cred is not None and cred.status == PASS:
-        token_result, token = check_token(cfg, fetch)
-        results.append(token_result)
-        if token is not None:
-            from mssendmail.admin import safety
+        results.extend(_token_checks(cfg, spool, fetch))
+    return results + _queue_checks(cfg, spool)
 
-            results.extend(check_roles(token))
-            results.extend(safety.checks(cfg, spool, token))
+
+def _token_checks(cfg: Config, spool: Spool, fetch: TokenFetcher) -> list[Result]:
+    """A token, and what it grants: run only once the credentials look right."""
+    token_result, token = check_token(cfg, fetch)
+    if token is None:
+        return [token_result]
+    from mssendmail.admin import safety
+
+    return [token_result, *check_roles(token), *safety.checks(cfg, spool, token)]
+
+
+def _queue_checks(cfg: Config, spool: Spool) -> list[Result]:
+    """Budgets, the worker's heartbeat, the trigger FIFO and a pause."""
     from mssendmail.admin.safety import check_budget
 
-    results.extend(check_budget(spool))
-    results.append(check_worker(spool))
-    results.append(check_trigger(spool))
+    results = [*check_budget(spool), check_worker(spool), check_trigger(spool)]
     paused = check_pause(spool, cfg=cfg)
     if paused is not None:
         results.append(paused)
@@ -305,8 +312,6 @@ def check_roles(token: str) -> list[Result]:
         return [Result(WARN, "roles", "the token is not a JWT; cannot read its roles")]
     raw = claims.get("roles")
     roles = sorted(r for r in raw if isinstance(r, str)) if isinstance(raw, list) else []
-    shown = ", ".join(roles) or "none"
-    results = []
     if not roles:
         # Exchange RBAC for Applications grants mail rights inside Exchange,
         # so a correctly scoped app gets a token with no Graph roles at all.
@@ -319,28 +324,29 @@ def check_roles(token: str) -> list[Result]:
                 "'mssendmail-queue test ADDRESS --wait'",
             )
         ]
+    return [_send_role(roles), _large_role(roles)]
+
+
+def _send_role(roles: list[str]) -> Result:
+    shown = ", ".join(roles)
     if REQUIRED_ROLE in roles:
-        results.append(Result(PASS, "Mail.Send", f"granted (token roles: {shown})"))
-    else:
-        results.append(
-            Result(
-                FAIL,
-                "Mail.Send",
-                f"NOT granted (token roles: {shown}); add the Microsoft Graph application "
-                "permission Mail.Send to the app and grant admin consent",
-            )
-        )
+        return Result(PASS, "Mail.Send", f"granted (token roles: {shown})")
+    return Result(
+        FAIL,
+        "Mail.Send",
+        f"NOT granted (token roles: {shown}); add the Microsoft Graph application "
+        "permission Mail.Send to the app and grant admin consent",
+    )
+
+
+def _large_role(roles: list[str]) -> Result:
     if LARGE_ROLE in roles:
-        results.append(Result(PASS, "Mail.ReadWrite", "granted: messages over 3 MB can be sent"))
-    else:
-        results.append(
-            Result(
-                WARN,
-                "Mail.ReadWrite",
-                "not granted: messages over about 3 MB will fail; add it if you send those",
-            )
-        )
-    return results
+        return Result(PASS, "Mail.ReadWrite", "granted: messages over 3 MB can be sent")
+    return Result(
+        WARN,
+        "Mail.ReadWrite",
+        "not granted: messages over about 3 MB will fail; add it if you send those",
+    )
 
 
 def check_worker(spool: Spool, now: float | None = None) -> Result:

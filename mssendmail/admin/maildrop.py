@@ -16,10 +16,10 @@ of it when run as that user), and is told what it could not remove.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from dataclasses import dataclass
 
+from mssendmail.spool import intake
 from mssendmail.spool.layout import MAILDROP, TEMP_PREFIX, Spool, is_id
 
 _KINDS = (
@@ -63,15 +63,8 @@ def junk(spool: Spool) -> list[Junk]:
 
 def remove(spool: Spool, entry: Junk) -> str | None:
     """Remove one entry; None when done, else why not."""
-    path = spool.path(MAILDROP, entry.name)
     try:
-        st = os.lstat(path)
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        return None
+        intake.remove_junk(spool, entry.name)
     except OSError as exc:
         return exc.strerror or str(exc)
     return None

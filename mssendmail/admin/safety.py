@@ -11,8 +11,7 @@ from __future__ import annotations
 from mssendmail.admin.checks import FAIL, PASS, WARN, Result
 from mssendmail.admin.listing import human_time, printable
 from mssendmail.config import Config
-from mssendmail.spool import meta
-from mssendmail.spool.layout import SENTITEMS_DENIED_FILE as DENIED_FILE
+from mssendmail.spool import statefiles
 from mssendmail.spool.layout import Spool
 
 READ_ROLES = ("Mail.ReadBasic.All", "Mail.ReadBasic", "Mail.Read", "Mail.ReadWrite")
@@ -27,7 +26,7 @@ NO_LOOKUP = (
 
 def check_lookup(spool: Spool, roles: list[str] | None) -> Result:
     """PASS/WARN for the Sent Items lookup; roles None = the token showed none."""
-    denied = meta.read_json(spool.state_path(DENIED_FILE))
+    denied = statefiles.read_denied(spool)
     if denied:
         when = denied.get("time")
         at = human_time(float(when)) if isinstance(when, (int, float)) else "?"

@@ -95,6 +95,24 @@ def collect(spool: Spool, now: float | None = None) -> Stats:
     require_access(spool)
     now = time.time() if now is None else now
     stats = Stats()
+    sent = _count_areas(spool, stats, now)
+    _last_success(spool, sent, stats)
+    _last_failure(spool, stats)
+    _limits(spool, stats, now)
+    until = pause.queue_paused_until(spool)
+    if until > now:
+        stats.paused_until = until
+        reason = pause.current(spool).get("reason")
+        stats.pause_reason = printable(reason, 300) if isinstance(reason, str) else None
+    _heartbeat(spool, stats)
+    return stats
+
+
+def _count_areas(spool: Spool, stats: Stats, now: float) -> list[str]:
+    """Messages per state, corrupt/ and sent/ entries, and the oldest waiting message's age.
+
+    Returns the sent ids it counted.
+    """
     oldest: float | None = None
     for name, areas in (
         ("queued", (MAILDROP, QUEUE)),
@@ -117,14 +135,11 @@ def collect(spool: Spool, now: float | None = None) -> Stats:
     stats.counts["sent"] = len(sent)
     if oldest is not None:
         stats.oldest_queued_age = max(0.0, now - oldest)
-    _last_success(spool, sent, stats)
-    _last_failure(spool, stats)
-    _limits(spool, stats, now)
-    until = pause.queue_paused_until(spool)
-    if until > now:
-        stats.paused_until = until
-        reason = pause.current(spool).get("reason")
-        stats.pause_reason = printable(reason, 300) if isinstance(reason, str) else None
+    return sent
+
+
+def _heartbeat(spool: Spool, stats: Stats) -> None:
+    """The worker's last heartbeat and the MIME repairs it reported."""
     heartbeat = meta.read_json(spool.state_path(HEARTBEAT_FILE))
     beat = heartbeat.get("time")
     if isinstance(beat, (int, float)) and not isinstance(beat, bool):
@@ -136,7 +151,6 @@ def collect(spool: Spool, now: float | None = None) -> Stats:
             for k, v in fixes.items()
             if k.isascii() and k.isalnum() and type(v) is int and v >= 0
         }
-    return stats
 
 
 def _last_success(spool: Spool, sent: list[str], stats: Stats) -> None:
@@ -202,9 +216,11 @@ def _limits(spool: Spool, stats: Stats, now: float) -> None:
 
 def render(stats: Stats, now: float | None = None) -> list[str]:
     """The human view, within 80 columns."""
-    from mssendmail.admin.listing import human_delta, human_time, shorten, wrap
-
     now = time.time() if now is None else now
+    return [*_render_counts(stats), *_render_times(stats, now), *_render_state(stats, now)]
+
+
+def _render_counts(stats: Stats) -> list[str]:
     counts = stats.counts
     lines = [
         "  ".join(f"{name} {counts.get(name, 0)}" for name in ("queued", "active", "deferred"))
@@ -213,6 +229,14 @@ def render(stats: Stats, now: float | None = None) -> list[str]:
     ]
     if counts.get("corrupt"):
         lines.append(f"corrupt {counts['corrupt']} (quarantined submissions in corrupt/)")
+    return lines
+
+
+def _render_times(stats: Stats, now: float) -> list[str]:
+    """The oldest queued message, the last success and the last failure."""
+    from mssendmail.admin.listing import human_delta, human_time, wrap
+
+    lines = []
     if stats.oldest_queued_age is None:
         lines.append("oldest queued: none, queue is empty")
     else:
@@ -232,6 +256,14 @@ def render(stats: Stats, now: float | None = None) -> list[str]:
             f"last failure:  {human_time(stats.last_failure)} ({ago} ago) {stats.last_failure_id}"
         )
         lines.extend(wrap("  ", stats.last_failure_reason or "?", 2))
+    return lines
+
+
+def _render_state(stats: Stats, now: float) -> list[str]:
+    """Pause, budgets, waiting mail, the worker's heartbeat and MIME repairs."""
+    from mssendmail.admin.listing import human_delta, human_time, shorten, wrap
+
+    lines = []
     if stats.paused_until is not None:
         lines.extend(
             wrap(f"PAUSED until {human_time(stats.paused_until)}: ", stats.pause_reason or "?", 2)
@@ -261,7 +293,23 @@ def prometheus(stats: Stats) -> str:
     ]
     for state, count in stats.counts.items():
         out.append(f'mssendmail_messages{{state="{state}"}} {count}')
-    gauges: list[tuple[str, str, float | None]] = [
+    for name, help_text, value in _gauges(stats):
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:.3f}"]
+    out += _limit_metrics(stats)
+    if stats.mime_fixed:
+        name = "mssendmail_mime_fixed_total"
+        out += [
+            f"# HELP {name} Sent messages whose MIME was repaired, by repair, since the worker "
+            "started.",
+            f"# TYPE {name} counter",
+        ]
+        out += [f'{name}{{fix="{k}"}} {v}' for k, v in sorted(stats.mime_fixed.items())]
+    return "\n".join(out) + "\n"
+
+
+def _gauges(stats: Stats) -> list[tuple[str, str, float]]:
+    """(name, help, value) of each single-value gauge."""
+    return [
         (
             "mssendmail_oldest_queued_age_seconds",
             "Age of the oldest message waiting for delivery (0 when none).",
@@ -288,18 +336,6 @@ def prometheus(stats: Stats) -> str:
             stats.heartbeat or 0.0,
         ),
     ]
-    for name, help_text, value in gauges:
-        out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:.3f}"]
-    out += _limit_metrics(stats)
-    if stats.mime_fixed:
-        name = "mssendmail_mime_fixed_total"
-        out += [
-            f"# HELP {name} Sent messages whose MIME was repaired, by repair, since the worker "
-            "started.",
-            f"# TYPE {name} counter",
-        ]
-        out += [f'{name}{{fix="{k}"}} {v}' for k, v in sorted(stats.mime_fixed.items())]
-    return "\n".join(out) + "\n"
 
 
 def _label(text: str) -> str:

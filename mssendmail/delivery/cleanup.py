@@ -26,22 +26,18 @@ between the 202 and the job file keeps that copy (never loses mail).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 from mssendmail.errors import DeliveryError
 from mssendmail.logs import kv
-from mssendmail.spool import meta
-from mssendmail.spool.layout import STATE, is_id, unlink_quiet, write_atomic
+from mssendmail.spool import statefiles
 
 if TYPE_CHECKING:
     from mssendmail.delivery.attempt import Context
 
 log = logging.getLogger("mssendmail.delivery.cleanup")
 
-PREFIX = "cleanup-"
 GIVE_UP = 6 * 3600.0  # a copy not seen by then is not coming
 FIRST_TRY = 30.0  # copies usually appear within seconds
 MAX_WAIT = 1800.0
@@ -72,7 +68,7 @@ def schedule(ctx: Context, queue_id: str, mailbox: str, message_id: str, since: 
         "tries": 0,
     }
     try:
-        write_atomic(_path(ctx, queue_id), json.dumps(job, sort_keys=True).encode())
+        statefiles.write_cleanup_job(ctx.spool, queue_id, job)
     except OSError as exc:
         log.warning(kv(id=queue_id, event="cleanup-not-scheduled", error=exc.strerror or str(exc)))
 
@@ -82,22 +78,8 @@ def _first(ctx: Context) -> float:
     return max(1.0, min(FIRST_TRY, ctx.cfg.seconds("SENT_ITEMS_DELAY")))
 
 
-def _path(ctx: Context, queue_id: str) -> str:
-    return ctx.spool.path(STATE, f"{PREFIX}{queue_id}.json")
-
-
 def pending(ctx: Context) -> list[str]:
-    try:
-        names = os.listdir(ctx.spool.dir(STATE))
-    except OSError:
-        return []
-    out = []
-    for name in names:
-        if name.startswith(PREFIX) and name.endswith(".json"):
-            qid = name[len(PREFIX) : -5]
-            if is_id(qid):
-                out.append(qid)
-    return sorted(out)
+    return statefiles.cleanup_jobs(ctx.spool)
 
 
 def run_due(ctx: Context) -> int:
@@ -109,9 +91,9 @@ def run_due(ctx: Context) -> int:
     for qid in pending(ctx):
         if tried >= BATCH:
             break
-        job = meta.read_json(_path(ctx, qid))
+        job = statefiles.read_cleanup_job(ctx.spool, qid)
         if not _valid(job, qid):
-            unlink_quiet(_path(ctx, qid))
+            statefiles.remove_cleanup_job(ctx.spool, qid)
             continue
         if float(job["next"]) > ctx.now():
             continue
@@ -149,14 +131,14 @@ def _run_one(ctx: Context, qid: str, job: dict[str, Any]) -> bool:
         log.info(
             kv(id=qid, event="sent-items-deleted", mailbox=mailbox, copies=len(ids), how=done[0])
         )
-        unlink_quiet(_path(ctx, qid))
+        statefiles.remove_cleanup_job(ctx.spool, qid)
         return True
     if now - float(job["created"]) >= GIVE_UP:
         return _give_up(ctx, qid, job, "the Sent Items copy never appeared")
     tries = int(job["tries"]) + 1
     job.update(tries=tries, next=now + min(MAX_WAIT, _first(ctx) * 2.0**tries))
     try:
-        write_atomic(_path(ctx, qid), json.dumps(job, sort_keys=True).encode())
+        statefiles.write_cleanup_job(ctx.spool, qid, job)
     except OSError:
         pass  # the old job stays due: tried again next round
     return False
@@ -172,5 +154,5 @@ def _give_up(ctx: Context, qid: str, job: dict[str, Any], why: str) -> bool:
             why=why[:200],
         )
     )
-    unlink_quiet(_path(ctx, qid))
+    statefiles.remove_cleanup_job(ctx.spool, qid)
     return True

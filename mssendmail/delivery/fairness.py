@@ -25,9 +25,8 @@ import os
 from collections.abc import Iterable, Iterator
 
 from mssendmail.spool import record
-from mssendmail.spool.layout import MAILDROP, Spool, unlink_quiet
+from mssendmail.spool.layout import MAILDROP, Spool
 
-OVER_CAP_FILE = "over-cap"
 UNKNOWN = -1  # a message whose uid cannot be read: one more "user"
 
 Item = tuple[str, str]  # (queue id, area)
@@ -107,16 +106,4 @@ class FairQueue:
 
 def publish_over_cap(spool: Spool, uids: Iterable[int]) -> None:
     """Tell submission which uids are at MAX_QUEUED_PER_USER (not fsynced: a hint)."""
-    path = os.path.join(spool.root, OVER_CAP_FILE)
-    text = "".join(f"{uid}\n" for uid in sorted(set(uids)))
-    if not text:
-        unlink_quiet(path)
-        return
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError:
-        unlink_quiet(tmp)
+    spool.publish_over_cap(sorted(set(uids)))

@@ -1,4 +1,5 @@
-"""Housekeeping: what killed processes leave behind, and sent records past SENT_RETENTION.
+"""Housekeeping: what killed processes leave behind, sent records past SENT_RETENTION,
+and quarantined entries past CORRUPT_RETENTION.
 
 The worker calls `tick()` every loop; each job runs only when its interval
 has passed, and `recover()` runs once at the start of a --once run.
@@ -11,8 +12,8 @@ import logging
 from mssendmail import logs
 from mssendmail.config import Config
 from mssendmail.delivery import idempotency, outcome
-from mssendmail.spool import meta
-from mssendmail.spool.layout import SENT, Spool, sweep_temps
+from mssendmail.spool import intake, meta
+from mssendmail.spool.layout import CORRUPT, SENT, Spool, sweep_temps
 
 log = logging.getLogger("mssendmail.delivery.housekeeping")
 
@@ -52,3 +53,14 @@ class Housekeeping:
             self.spool.expire(SENT, self.cfg.seconds("SENT_RETENTION"), now)
         except OSError as exc:  # the spool went away under us: say so, keep running
             log.error(logs.kv(event="sweep-error", dir=self.spool.dir(SENT), error=exc.strerror))
+        self.expire_corrupt(now)
+
+    def expire_corrupt(self, now: float) -> None:
+        """Remove quarantined entries older than CORRUPT_RETENTION (run with expire_sent)."""
+        try:
+            removed = intake.expire_corrupt(self.spool, self.cfg.seconds("CORRUPT_RETENTION"), now)
+        except OSError as exc:
+            log.error(logs.kv(event="sweep-error", dir=self.spool.dir(CORRUPT), error=exc.strerror))
+            return
+        if removed:
+            log.info(logs.kv(event="corrupt-expired", entries=removed))

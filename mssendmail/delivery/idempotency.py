@@ -46,11 +46,10 @@ from mssendmail.delivery import outcome
 from mssendmail.delivery.retry import backoff
 from mssendmail.errors import DeliveryError
 from mssendmail.logs import kv
-from mssendmail.spool import meta
+from mssendmail.spool import meta, statefiles
 from mssendmail.spool.claim import Claim
 from mssendmail.spool.claim import recover as recover_claims
-from mssendmail.spool.layout import ACTIVE, Spool, unlink_quiet, write_atomic
-from mssendmail.spool.layout import SENTITEMS_DENIED_FILE as DENIED_FILE
+from mssendmail.spool.layout import ACTIVE, Spool
 
 if TYPE_CHECKING:
     from mssendmail.delivery.attempt import Context
@@ -157,20 +156,28 @@ def before_send(
             landed = _landed(ctx, mailbox, prepared.message_id, since, draft_id)
     except DeliveryError as exc:
         return _lookup_failed(ctx, held, state, exc, mailbox)
+    how = "draft" if draft_id else "lookup"
     if landed:
-        log.info(kv(**_info(record), outcome="sent-earlier", how="draft" if draft_id else "lookup"))
+        log.info(kv(**_info(record), outcome="sent-earlier", how=how))
         outcome.sent(ctx.spool, held, {**record, "sent": now, "outcome": "sent-earlier"})
         from mssendmail.delivery import cleanup
 
         cleanup.schedule(ctx, qid, mailbox, prepared.message_id, since)
         return "sent"
-    ready = max(since, _number(unknown.get("time"), now)) + delay(ctx)
-    if now < ready and not draft_id:
+    return _not_landed(ctx, held, state, since, how, now)
+
+
+def _not_landed(
+    ctx: Context, held: Claim, state: dict[str, Any], since: float, how: str, now: float
+) -> str | None:
+    """The lookup found nothing: look again later while a copy may be on its way, else send."""
+    ready = max(since, _number(state[UNKNOWN].get("time"), now)) + delay(ctx)
+    if now < ready and how != "draft":
         # Not there yet, but the copy may still be on its way.
         meta.add_event(state, now, "lookup", "not in Sent Items yet; looking again later")
         outcome.defer(ctx.spool, held, state, ready)
         return "deferred"
-    log.info(kv(id=qid, event="lookup", found=False, how="draft" if draft_id else "lookup"))
+    log.info(kv(id=held.queue_id, event="lookup", found=False, how=how))
     meta.add_event(state, now, "lookup", "not sent earlier; sending again")
     state.pop(UNKNOWN, None)
     return None
@@ -233,11 +240,9 @@ def _remember_denied(ctx: Context, mailbox: str, exc: DeliveryError) -> None:
                 hint="grant Mail.ReadBasic.All so retries cannot send duplicates",
             )
         )
-    import json
-
     doc = {"time": now, "mailbox": mailbox, "error": str(exc)[:300]}
     try:
-        write_atomic(ctx.spool.state_path(DENIED_FILE), json.dumps(doc).encode())
+        statefiles.write_denied(ctx.spool, doc)
     except OSError:
         pass  # only advice for `check`
 
@@ -247,9 +252,7 @@ def _forget_denied(ctx: Context, mailbox: str) -> None:
         if _denied.get(mailbox.lower(), 0.0) > ctx.now():
             return
         _denied.pop(mailbox.lower(), None)
-    path = ctx.spool.state_path(DENIED_FILE)
-    if os.path.exists(path) and meta.read_json(path).get("mailbox", "").lower() == mailbox.lower():
-        unlink_quiet(path)
+    statefiles.forget_denied(ctx.spool, mailbox)
 
 
 def _number(value: object, default: float) -> float:

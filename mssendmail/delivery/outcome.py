@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any
 
 from mssendmail.logs import kv
-from mssendmail.spool import meta
+from mssendmail.spool import meta, sentrecord
 from mssendmail.spool.claim import Claim
 from mssendmail.spool.layout import ACTIVE, DEAD, DEFERRED, QUEUE, SENT, Spool, write_atomic
 
 log = logging.getLogger("mssendmail.delivery.outcome")
-
-MAX_RECORD = 1 << 20  # a parked entry bigger than this is a message, not a record
 
 
 def already_sent(spool: Spool, queue_id: str) -> bool:
@@ -36,42 +33,17 @@ def already_sent(spool: Spool, queue_id: str) -> bool:
 def sent(spool: Spool, held: Claim, info: dict[str, Any]) -> None:
     """Turn the sent message into its own record: drop the body, keep the metadata.
 
-    The message's inode becomes the record (rename into sent/, truncate,
-    write, rename to <id>.json) instead of a new file plus an unlink: a
-    drain of 100,000 messages made ext4 (without a journal) scan past every
-    recently freed inode on each new file. The first rename is the no-resend
-    promise: from then on the message is "sent" whatever happens next.
-    Nothing here is fsynced, on purpose: each step survives kill -9, and a
-    power cut within seconds of a send may resend, never lose.
+    The record is the message's own inode (spool/sentrecord.py); the first
+    rename into sent/ is the no-resend promise. Nothing is fsynced, on
+    purpose: a power cut within seconds of a send may resend, never lose.
     """
-    qid = held.queue_id
-    if already_sent(spool, qid):
-        # A previous run died after recording it: finish the cleanup only.
-        os.unlink(spool.path(held.area, qid))
-    else:
-        spool.move(qid, held.area, SENT, durable=False)
-        held.area = SENT
-        _rewrite_parked(spool, qid, json.dumps(info, sort_keys=True).encode())
-    meta.remove(spool, qid)
+    sentrecord.record_sent(spool, held, info, _unrecorded)
+    meta.remove(spool, held.queue_id)
     held.release()
 
 
-def _rewrite_parked(spool: Spool, queue_id: str, record: bytes) -> None:
-    """sent/<id> (the message) -> sent/<id>.json (its record), in the same inode.
-
-    A failure (disk full) leaves sent/<id> parked; sweep_sent() finishes it.
-    """
-    path = spool.path(SENT, queue_id)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, record)
-        finally:
-            os.close(fd)
-        os.rename(path, spool.sent_path(queue_id))
-    except OSError as exc:
-        log.error(kv(event="sent-unrecorded", id=queue_id, error=exc.strerror or str(exc)))
+def _unrecorded(queue_id: str, exc: OSError) -> None:
+    log.error(kv(event="sent-unrecorded", id=queue_id, error=exc.strerror or str(exc)))
 
 
 def sent_unrecorded(spool: Spool, held: Claim) -> None:
@@ -86,30 +58,8 @@ def sent_unrecorded(spool: Spool, held: Claim) -> None:
 
 
 def sweep_sent(spool: Spool, now: float) -> None:
-    """Turn parked entries in sent/ into records once there is room.
-
-    A parked entry is a message (sent_unrecorded, or a crash inside sent())
-    or a record that a crash kept from its final name.
-    """
-    for queue_id in spool.ids(SENT):
-        path = spool.path(SENT, queue_id)
-        try:
-            if os.path.exists(spool.sent_path(queue_id)):
-                os.unlink(path)
-                continue
-            small = os.lstat(path).st_size <= MAX_RECORD
-            info = meta.read_json(path) if small else {}
-            if info.get("id") != queue_id:
-                info = {
-                    "id": queue_id,
-                    "sent": os.lstat(path).st_mtime,
-                    "note": "sent; details lost (disk full or a crash)",
-                }
-            _rewrite_parked(spool, queue_id, json.dumps(info, sort_keys=True).encode())
-            if os.path.lexists(path):
-                return  # still no room
-        except OSError:
-            return
+    """Turn parked entries in sent/ into records once there is room."""
+    sentrecord.sweep_parked(spool, _unrecorded)
 
 
 def defer(spool: Spool, held: Claim, state: dict[str, Any] | None, until: float) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import pwd
@@ -26,19 +25,15 @@ from dataclasses import dataclass
 
 from mssendmail.delivery.skips import SkipList, Stalled, describe, is_resource_error
 from mssendmail.logs import kv
-from mssendmail.spool import record
+from mssendmail.spool import intake, record
+from mssendmail.spool.intake import QueueCopy
 from mssendmail.spool.layout import (
-    CORRUPT,
     MAILDROP,
     QUEUE,
     TEMP_PREFIX,
     Spool,
-    fsync_dir,
     is_id,
-    new_id,
     remove_if_abandoned,
-    unlink_quiet,
-    write_atomic,
 )
 
 log = logging.getLogger("mssendmail.delivery.pickup")
@@ -60,17 +55,13 @@ class Staged:
     """
 
     name: str
-    temp: str
-    copy_fd: int
+    copy: QueueCopy
     source_fd: int
     uid: int = -1  # the original's owner by fstat: the submitter the worker trusts
 
     def release(self) -> None:
         """Close both fds and drop the temp copy; safe to call twice."""
-        if self.copy_fd >= 0:
-            os.close(self.copy_fd)
-            self.copy_fd = -1
-            unlink_quiet(self.temp)
+        self.copy.discard()
         if self.source_fd >= 0:
             os.close(self.source_fd)
             self.source_fd = -1
@@ -108,37 +99,18 @@ def pickup(
     skips = SkipList() if skips is None else skips
     when = time.time() if now is None else now
     staged: list[Staged] = []
-    stalled: BaseException | None = None
     queued: list[str] = []
     try:
-        for name in names:
-            if limit is not None and len(staged) >= limit:
-                break
-            path = spool.path(MAILDROP, name)
-            if skips.has(path, name):
-                continue
-            try:
-                copy = _one(spool, name, max_size, when, skips)
-            except Stalled as exc:
-                stalled = exc.cause
-                break
-            except Exception as exc:  # a bug, or a kind of entry we never thought of
-                skips.add(path, name, f"cannot be picked up: {describe(exc)}")
-                continue
-            if copy is not None:
-                staged.append(copy)
+        stalled = _stage(spool, names, max_size, when, limit, skips, staged)
         queued = _commit(spool, staged)
         if owners is not None:
             uids = {item.name: item.uid for item in staged}
-            for name in queued:
-                owners[name] = uids[name]
+            owners.update((name, uids[name]) for name in queued)
         if queued:
             # The copies are durable (fsync + link + directory fsync in
             # _commit) before any original goes; a crash in between leaves
             # duplicates that the next round drops (spool.known()).
-            for name in queued:
-                unlink_quiet(spool.path(MAILDROP, name))
-            fsync_dir(spool.dir(MAILDROP))
+            intake.drop_originals(spool, queued)
     except OSError as exc:
         raise Stalled(exc, queued) from exc
     finally:
@@ -147,6 +119,34 @@ def pickup(
     if stalled is not None:
         raise Stalled(stalled, queued)
     return queued
+
+
+def _stage(
+    spool: Spool,
+    names: Iterable[str],
+    max_size: int,
+    now: float,
+    limit: int | None,
+    skips: SkipList,
+    staged: list[Staged],
+) -> BaseException | None:
+    """Stage entries into `staged` (at most `limit`); the cause if we ran short of something."""
+    for name in names:
+        if limit is not None and len(staged) >= limit:
+            break
+        path = spool.path(MAILDROP, name)
+        if skips.has(path, name):
+            continue
+        try:
+            copy = _one(spool, name, max_size, now, skips)
+        except Stalled as exc:
+            return exc.cause
+        except Exception as exc:  # a bug, or a kind of entry we never thought of
+            skips.add(path, name, f"cannot be picked up: {describe(exc)}")
+            continue
+        if copy is not None:
+            staged.append(copy)
+    return None
 
 
 def _one(spool: Spool, name: str, max_size: int, now: float, skips: SkipList) -> Staged | None:
@@ -177,13 +177,12 @@ def _commit(spool: Spool, staged: list[Staged]) -> list[str]:
     queued = []
     for item in staged:
         try:
-            os.fsync(item.copy_fd)
-            os.link(item.temp, spool.path(QUEUE, item.name))
+            item.copy.enqueue()
             # Checked after the link, under the copy's flock: an admin who
             # deletes the original later finds the copy in queue/ and deletes
             # it too; one who deleted it earlier has it dropped here.
             if not _original_still_there(spool, item):
-                unlink_quiet(spool.path(QUEUE, item.name))
+                spool.delete(item.name, QUEUE)
                 log.info(kv(event="deleted-while-picked-up", id=item.name))
                 continue
             queued.append(item.name)
@@ -194,11 +193,9 @@ def _commit(spool: Spool, staged: list[Staged]) -> list[str]:
                 raise
             log.error(kv(event="cannot-queue", id=item.name, error=exc.strerror or str(exc)))
         finally:
-            os.close(item.copy_fd)
-            item.copy_fd = -1
-            unlink_quiet(item.temp)
+            item.copy.discard()
     if queued:
-        fsync_dir(spool.dir(QUEUE))
+        spool.sync(QUEUE)
     return queued
 
 
@@ -275,19 +272,19 @@ def ingest(spool: Spool, name: str, max_size: int) -> Staged | None:
             return None
         if spool.known(name):
             # A crash after linking into queue/ but before the original went.
-            unlink_quiet(path)  # another worker may have dropped it first
+            intake.drop_original(spool, name)
             os.close(fd)
             return None
-        temp, copy_fd = _copy_verified(spool, fd, st, name, max_size)
+        copy = _copy_verified(spool, fd, st, name, max_size)
     except BaseException:
         os.close(fd)
         raise
-    return Staged(name, temp, copy_fd, fd, st.st_uid)
+    return Staged(name, copy, fd, st.st_uid)
 
 
 def _copy_verified(
     spool: Spool, src: int, st: os.stat_result, name: str, max_size: int
-) -> tuple[str, int]:
+) -> QueueCopy:
     size = st.st_size
     if size < record.FOOTER_LEN:
         raise Rejected("too short to be a spool record")
@@ -298,11 +295,9 @@ def _copy_verified(
         raise Rejected(str(exc)) from None
     if message_len > max_size:
         raise Rejected(f"message of {message_len} bytes is over MAX_MESSAGE_SIZE")
-    temp = spool.path(QUEUE, f"{TEMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}")
-    out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    copy = QueueCopy(spool, name)
     try:
-        fcntl.flock(out, fcntl.LOCK_EX)
-        writer = record.RecordWriter(out)
+        writer = record.RecordWriter(copy.fd)
         check = hashlib.sha256()
         offset = 0
         while offset < message_len:
@@ -318,10 +313,9 @@ def _copy_verified(
             raise Rejected("checksum mismatch: the file was changed after it was written")
         writer.finish(_trusted_envelope(env_bytes, st))
     except BaseException:
-        os.close(out)
-        unlink_quiet(temp)
+        copy.discard()
         raise
-    return temp, out
+    return copy
 
 
 def _read(src: int, size: int, offset: int) -> bytes:
@@ -356,20 +350,14 @@ def quarantine(spool: Spool, name: str, reason: str, skips: SkipList | None = No
     What cannot be moved (a directory: renaming it elsewhere needs write
     access to it, which only its owner has) is skipped and remembered.
     """
-    target = new_id()
-    source = spool.path(MAILDROP, name)
     try:
-        os.rename(source, spool.path(CORRUPT, target))
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        if is_resource_error(exc):
-            raise
+        target = intake.quarantine(spool, name, reason)
+    except intake.CannotMove as exc:
+        if is_resource_error(exc.error):
+            raise exc.error from None
         if skips is not None:
-            skips.add(source, name, f"{reason}; cannot move it to corrupt/: {exc.strerror}")
+            why = f"{reason}; cannot move it to corrupt/: {exc.error.strerror}"
+            skips.add(spool.path(MAILDROP, name), name, why)
         return
-    fsync_dir(spool.dir(CORRUPT))
-    fsync_dir(spool.dir(MAILDROP))
-    info = {"original_name": name, "reason": reason, "time": time.time()}
-    write_atomic(spool.reason_path(CORRUPT, target), json.dumps(info).encode())
-    log.warning(kv(event="quarantined", entry=name, file=f"corrupt/{target}", reason=reason))
+    if target is not None:
+        log.warning(kv(event="quarantined", entry=name, file=f"corrupt/{target}", reason=reason))

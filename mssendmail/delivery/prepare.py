@@ -469,7 +469,20 @@ def _fix_recipient_headers(
                 headers.fields[index] = address_field(header, pairs) if pairs else None
             for _, addr in pairs:
                 visible.setdefault(addr.lower(), addr)
-    outside = [addr for key, addr in visible.items() if key not in envelope]
+    _warn_outside([addr for key, addr in visible.items() if key not in envelope], warnings)
+    for index in headers.find("bcc"):
+        for _, addr in _addresses(headers.value(index), "Bcc", warnings):
+            for resolved in resolver.resolve(addr):
+                if resolved.lower() not in envelope:
+                    warnings.append(f"Bcc recipient {resolved} is not in the envelope; removed")
+    headers.remove("bcc")
+    hidden = [r for r in recipients if r.lower() not in visible]
+    if hidden:
+        headers.added.append(address_field("Bcc", [("", r) for r in hidden]))
+
+
+def _warn_outside(outside: list[str], warnings: list[str]) -> None:
+    """One warning for the header recipients that are not envelope recipients."""
     if len(outside) == 1:
         warnings.append(
             f"header recipient {outside[0]} is not an envelope recipient; "
@@ -487,16 +500,6 @@ def _fix_recipient_headers(
             f"{len(outside)} header recipients are not envelope recipients ({first}{more}); "
             "Graph delivers to them anyway"
         )
-
-    for index in headers.find("bcc"):
-        for _, addr in _addresses(headers.value(index), "Bcc", warnings):
-            for resolved in resolver.resolve(addr):
-                if resolved.lower() not in envelope:
-                    warnings.append(f"Bcc recipient {resolved} is not in the envelope; removed")
-    headers.remove("bcc")
-    hidden = [r for r in recipients if r.lower() not in visible]
-    if hidden:
-        headers.added.append(address_field("Bcc", [("", r) for r in hidden]))
 
 
 def _count_header_recipients(headers: _Headers, policy: SenderPolicy) -> None:
@@ -550,20 +553,31 @@ def _fix_from(headers: _Headers, policy: SenderPolicy, env: _Envelope, warnings:
         mailbox = policy.sender
         headers.fields[first] = address_field("From", [(usable_name or fallback_name, mailbox)])
         _say_if_reserved(policy, pairs, env, warnings)
-        if not headers.find("reply-to"):
-            # Bare names (cron's "root") are no address anyone can reply to.
-            replies = [(n, a) for n, a in pairs if not policy.resolver.needs_resolving(a)]
-            if replies:
-                replies = [(_decode_words(n), a) for n, a in replies]
-                try:
-                    headers.added.append(address_field("Reply-To", replies))
-                except DataError as exc:
-                    warnings.append(f"original From kept out of Reply-To: {exc}")
+        _keep_from_as_reply_to(headers, policy, pairs, warnings)
+    _drop_foreign_sender(headers, mailbox, warnings)
+    return mailbox
 
+
+def _keep_from_as_reply_to(
+    headers: _Headers, policy: SenderPolicy, pairs: list[tuple[str, str]], warnings: list[str]
+) -> None:
+    """A From we replaced becomes Reply-To, unless the message has one."""
+    if headers.find("reply-to"):
+        return
+    # Bare names (cron's "root") are no address anyone can reply to.
+    replies = [(n, a) for n, a in pairs if not policy.resolver.needs_resolving(a)]
+    if replies:
+        replies = [(_decode_words(n), a) for n, a in replies]
+        try:
+            headers.added.append(address_field("Reply-To", replies))
+        except DataError as exc:
+            warnings.append(f"original From kept out of Reply-To: {exc}")
+
+
+def _drop_foreign_sender(headers: _Headers, mailbox: str, warnings: list[str]) -> None:
     for index in headers.find("sender"):
         named = _addresses(headers.value(index), "Sender", warnings)
         if {a.lower() for _, a in named} != {mailbox.lower()}:
             # Sender naming another mailbox makes Exchange check send-on-behalf rights.
             headers.fields[index] = None
             warnings.append("Sender header removed: it named a mailbox other than the one sending")
-    return mailbox

@@ -101,6 +101,13 @@ def _check(
             why = f"MAILBOX_RATE {ctx.cfg.get('MAILBOX_RATE')}/min for {mailbox}: next slot"
             return _wait(ctx, held, state, PACING_CODE, why, slot)
     state.pop(SLOT, None)
+    return _reserve(ctx, held, state, mailbox, recipients, now)
+
+
+def _reserve(
+    ctx: Context, held: Claim, state: dict[str, Any], mailbox: str, recipients: int, now: float
+) -> str | None:
+    """Take the recipients from the mailbox's daily budget, or wait for the window."""
     limit = ctx.cfg.integer("DAILY_RECIPIENT_LIMIT")
     verdict = budget.reserve(ctx.spool, mailbox, recipients, limit, now)
     if not verdict.ok:

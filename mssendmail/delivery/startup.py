@@ -27,7 +27,14 @@ from mssendmail.errors import ConfigError, MssendmailError
 from mssendmail.spool.layout import DIR_MODES, Spool
 
 MAX_CONCURRENCY = 64
-DURATIONS = ("RETRY_MIN", "RETRY_MAX", "MAX_AGE", "SENT_RETENTION", "GRAPH_TIMEOUT")
+DURATIONS = (
+    "RETRY_MIN",
+    "RETRY_MAX",
+    "MAX_AGE",
+    "SENT_RETENTION",
+    "CORRUPT_RETENTION",
+    "GRAPH_TIMEOUT",
+)
 
 Step = Callable[[Config], str]  # returns what it saw; raises MssendmailError
 

@@ -561,18 +561,18 @@ class LargeSender:
         headers = {"Authorization": f"Bearer {token}", "client-request-id": str(uuid.uuid4())}
         if content_type:
             headers["Content-Type"] = content_type
+        return self._http("cannot reach Graph", method, url, data=body, headers=headers)
+
+    def _http(self, what: str, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """One request through the session, no redirects; a network error is a
+        TemporaryFailure ``what: <error>`` with upload URLs scrubbed out."""
         try:
             return self.t.session.request(
-                method,
-                url,
-                data=body,
-                headers=headers,
-                timeout=self.t.timeout,
-                allow_redirects=False,
+                method, url, timeout=self.t.timeout, allow_redirects=False, **kwargs
             )
         except requests.RequestException as exc:
             raise TemporaryFailure(
-                f"cannot reach Graph: {type(exc).__name__}: {one_line(self._scrub(str(exc)))}"
+                f"{what}: {type(exc).__name__}: {one_line(self._scrub(str(exc)))}"
             ) from None
 
     def _fail(self, response: requests.Response, step: str) -> DeliveryError:
@@ -755,19 +755,9 @@ class LargeSender:
             "Content-Type": "application/octet-stream",
             "Content-Range": f"bytes {offset}-{last}/{total}",
         }
-        try:
-            response = self.t.session.put(
-                url,
-                data=chunk,
-                headers=headers,
-                auth=_no_auth,
-                timeout=self.t.timeout,
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            raise TemporaryFailure(
-                f"upload chunk failed: {type(exc).__name__}: {one_line(self._scrub(str(exc)))}"
-            ) from None
+        response = self._http(
+            "upload chunk failed", "PUT", url, data=chunk, headers=headers, auth=_no_auth
+        )
         status = response.status_code
         if status == 201 and last + 1 == total:
             return total

@@ -59,6 +59,8 @@ HTTP_CACHE_FILE = "msal-http-cache.json"
 MSAL_LOCK_FILE = "msal.lock"
 # The fingerprint of the credential settings that filled the token cache.
 CREDENTIAL_FILE = "msal-credential.txt"
+# In QUEUE_DIR itself (submitters cannot reach state/): the uids at MAX_QUEUED_PER_USER.
+OVER_CAP_FILE = "over-cap"
 
 # Entry names beside a message: sent/<id>.json, meta/<id>.json, dead/<id>.reason.json.
 RECORD_SUFFIX = ".json"
@@ -321,6 +323,10 @@ class Spool:
         """Make the message due at `when` by setting its mtime (FileNotFoundError if gone)."""
         os.utime(self.path(area, queue_id), (when, when))
 
+    def sync(self, area: str) -> None:
+        """Make an area's new and removed entries durable (fsync its directory)."""
+        fsync_dir(self.dir(area))
+
     def move(
         self, queue_id: str, old: str, new: str, new_name: str | None = None, durable: bool = True
     ) -> None:
@@ -335,6 +341,20 @@ class Spool:
             fsync_dir(self.dir(new))
             if old != new:
                 fsync_dir(self.dir(old))
+
+    def delete(self, queue_id: str, area: str) -> None:
+        """Remove a message for good and make its directory durable (FileNotFoundError if gone)."""
+        os.unlink(self.path(area, queue_id))
+        fsync_dir(self.dir(area))
+
+    def drop_reason(self, area: str, name: str) -> None:
+        """Remove the reason record beside an entry of dead/ or corrupt/; gone is fine."""
+        unlink_quiet(self.reason_path(area, name))
+
+    def release_dead(self, queue_id: str) -> None:
+        """dead/ -> queue/ (durable), then drop the dead letter's reason record."""
+        self.move(queue_id, DEAD, QUEUE)
+        self.drop_reason(DEAD, queue_id)
 
     def ids(self, area: str) -> list[str]:
         """Queue ids in an area, oldest first (ids sort by time)."""
@@ -360,6 +380,54 @@ class Spool:
             or os.path.exists(self.sent_path(queue_id))
             or os.path.lexists(self.path(SENT, queue_id))
         )
+
+    # ---- submission: maildrop/tmp.<id> -> maildrop/<id> (submission/writer.py)
+
+    def submission_temp(self, queue_id: str) -> str:
+        """The temp name a submission is written under before submit()."""
+        return self.path(MAILDROP, TEMP_PREFIX + queue_id)
+
+    def submit(self, queue_id: str, fd: int) -> None:
+        """fsync the written submission, then rename it to its final name.
+
+        The caller then runs sync_submitted() before it reports success; an
+        OSError from that one leaves the message under its final name, not
+        known durable (withdraw() takes it back).
+        """
+        os.fsync(fd)
+        os.rename(self.submission_temp(queue_id), self.path(MAILDROP, queue_id))
+
+    def sync_submitted(self, fd: int) -> None:
+        """Make maildrop/'s new entry durable (via the submission's fd: see fsync_dir)."""
+        fsync_dir(self.dir(MAILDROP), via_fd=fd)
+
+    def withdraw(self, queue_id: str, *, temp: bool) -> None:
+        """Remove an unfinished (temp=True) or an unconfirmed submission; gone is fine."""
+        unlink_quiet(self.submission_temp(queue_id) if temp else self.path(MAILDROP, queue_id))
+
+    def over_cap_uids(self) -> list[bytes]:
+        """The uids the worker published as at MAX_QUEUED_PER_USER; [] when none or unreadable."""
+        try:
+            with open(os.path.join(self.root, OVER_CAP_FILE), "rb") as fh:
+                return fh.read(1 << 20).split()
+        except OSError:
+            return []  # no file: nobody is over the cap, or no cap
+
+    def publish_over_cap(self, uids: list[int]) -> None:
+        """Write the over-cap list (mode 0644, one uid a line; not fsynced: a hint)."""
+        path = os.path.join(self.root, OVER_CAP_FILE)
+        text = "".join(f"{uid}\n" for uid in uids)
+        if not text:
+            unlink_quiet(path)
+            return
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as fh:
+                fh.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError:
+            unlink_quiet(tmp)
 
     def wake(self, flush: bool = False) -> None:
         """Poke the worker through the trigger FIFO; no reader is not an error.

@@ -18,7 +18,7 @@ import pwd
 import time
 
 from mssendmail.errors import DataError, SpoolError
-from mssendmail.spool.layout import MAILDROP, TEMP_PREFIX, Spool, fsync_dir, new_id, unlink_quiet
+from mssendmail.spool.layout import MAILDROP, Spool, new_id
 from mssendmail.spool.record import VERSION, RecordWriter
 
 TYPE_CHECKING = False
@@ -68,16 +68,9 @@ def make_envelope(
     }
 
 
-OVER_CAP_FILE = "over-cap"  # written by the worker (delivery/fairness.py)
-
-
 def check_quota(spool: Spool, uid: int) -> None:
     """SpoolError (exit 75) when the worker lists this uid as at MAX_QUEUED_PER_USER."""
-    try:
-        with open(os.path.join(spool.root, OVER_CAP_FILE), "rb") as fh:
-            listed = fh.read(1 << 20).split()
-    except OSError:
-        return  # no file: nobody is over the cap, or no cap
+    listed = spool.over_cap_uids()
     if str(uid).encode() in listed:
         raise SpoolError(
             "you have as many messages waiting as MAX_QUEUED_PER_USER allows; "
@@ -92,7 +85,7 @@ class Submission:
         self.spool = spool
         self.max_size = max_size
         self.id = new_id()
-        self.temp = spool.path(MAILDROP, TEMP_PREFIX + self.id)
+        self.temp = spool.submission_temp(self.id)
         self.fd = -1
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -131,19 +124,17 @@ class Submission:
 
     def commit(self, envelope: dict[str, Any]) -> str:
         """Make the message durable under its final name; returns the queue id."""
-        final = self.spool.path(MAILDROP, self.id)
         try:
             self.writer.finish(envelope)
-            os.fsync(self.fd)
-            os.rename(self.temp, final)
+            self.spool.submit(self.id, self.fd)  # fsync, rename
             self.temp = ""
-            fsync_dir(self.spool.dir(MAILDROP), via_fd=self.fd)
+            self.spool.sync_submitted(self.fd)
         except OSError as exc:
             self.abort()
             if not self.temp:
                 # Renamed but not known durable: take it back rather than
                 # report a failure for a message the worker may still send.
-                unlink_quiet(final)
+                self.spool.withdraw(self.id, temp=False)
             raise spool_error(self.spool, exc) from exc
         os.close(self.fd)
         self.fd = -1
@@ -153,7 +144,7 @@ class Submission:
     def abort(self) -> None:
         """Remove the unfinished message; safe to call more than once."""
         if self.temp:
-            unlink_quiet(self.temp)
+            self.spool.withdraw(self.id, temp=True)
             self.temp = ""
         if self.fd >= 0:
             os.close(self.fd)
