@@ -8,6 +8,7 @@ real thing, with unprivileged users, is in tests/test_multiuser_availability.py.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import stat
@@ -94,6 +95,9 @@ def test_fds_and_temp_copies_stay_flat_over_1000_rounds(
     refuse_directory_renames(monkeypatch)
     os.mkdir(spool.path(MAILDROP, "f" * 18))  # sorts after every real message
     os.mkfifo(spool.path(MAILDROP, "e" * 18))
+    # An earlier test's unreachable objects may close their fds mid-loop: collect
+    # them first, and count growth only (a leak adds fds every round).
+    gc.collect()
     before = open_fds()
     for n in range(1000):
         qid = submit(spool)
@@ -101,9 +105,9 @@ def test_fds_and_temp_copies_stay_flat_over_1000_rounds(
         # A fresh skip list each round: the failing move is tried every time.
         assert pickup(spool, MAX, skips=SkipList()) == [qid], n
         if n % 100 == 0:
-            assert open_fds() == before, n
+            assert open_fds() <= before, n
             assert temps(spool) == []
-    assert open_fds() == before
+    assert open_fds() <= before
     assert temps(spool) == []
     assert len(spool.ids(QUEUE)) == 1000
 
