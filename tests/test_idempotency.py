@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,6 +201,31 @@ def test_a_send_that_raises_a_bug_after_graph_took_it_is_looked_up(
     time.sleep(0.5)  # the copy is filed (0.3 s)
     assert retry_now(ctx, qid) == Outcome.SENT
     assert subjects(fake) == ["m1"]
+    record = json.loads(Path(spool.sent_path(qid)).read_text())
+    assert record["outcome"] == "sent-earlier"
+
+
+def test_a_bug_after_graphs_202_before_the_sent_record_is_looked_up(
+    spool: Spool, fake: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mssendmail.delivery import attempt as attempt_mod
+
+    ctx = make_ctx(spool, fake)
+    real = attempt_mod._record_sent
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug between the 202 and the sent record")
+
+    monkeypatch.setattr(attempt_mod, "_record_sent", crash)
+    qid = queue(spool, "m1")
+    assert deliver(ctx, qid, QUEUE) == Outcome.DEFERRED  # counted as a crash (poison.py)
+    state = meta.read(spool, qid)
+    assert state["crashes"] == 1
+    assert state["unknown"]["why"] == "accepted, then recording raised"
+    monkeypatch.setattr(attempt_mod, "_record_sent", real)
+    time.sleep(0.5)  # the copy is filed (0.3 s)
+    assert retry_now(ctx, qid) == Outcome.SENT
+    assert subjects(fake) == ["m1"]  # looked up, not sent twice
     record = json.loads(Path(spool.sent_path(qid)).read_text())
     assert record["outcome"] == "sent-earlier"
 

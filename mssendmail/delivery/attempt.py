@@ -280,9 +280,19 @@ def _act_send(job: Job) -> Outcome:
     except Exception:
         idempotency.note_crash(ctx, held.queue_id, state, sent_at)  # a bug; it may have gone
         raise  # deliver() counts it as a crash of this message (poison.py)
-    _log_attempt(info, attempt, "sent", delivered.status, None, delivered.request_id, started)
-    record_info.update(sent=ctx.now(), attempts=attempt, request_id=delivered.request_id)
-    return _record_sent(ctx, held, prepared, record_info, sent_at)
+    try:
+        _log_attempt(info, attempt, "sent", delivered.status, None, delivered.request_id, started)
+        record_info.update(sent=ctx.now(), attempts=attempt, request_id=delivered.request_id)
+        return _record_sent(ctx, held, prepared, record_info, sent_at)
+    except OSError:
+        raise  # the disk: _record_sent's own paths and the worker's stall handle it
+    except Exception:
+        # Graph took it (202) and a bug stopped the record: the crash's retry
+        # must find it in Sent Items, not send it again.
+        idempotency.note_crash(
+            ctx, held.queue_id, state, sent_at, "accepted, then recording raised"
+        )
+        raise
 
 
 def _log_attempt(

@@ -110,13 +110,19 @@ def mark_recovered(spool: Spool, queue_id: str, now: float) -> None:
     meta.write(spool, queue_id, state)
 
 
-def note_crash(ctx: Context, queue_id: str, state: dict[str, Any], started: float) -> None:
-    """An unexpected exception inside the send: its request may have reached Graph.
+def note_crash(
+    ctx: Context,
+    queue_id: str,
+    state: dict[str, Any],
+    started: float,
+    why: str = "the send raised an unexpected error",
+) -> None:
+    """An unexpected exception inside or after the send: its request may have reached Graph.
 
     Written to meta/ at once (poison.crashed re-reads it there), so the
     crash's retry looks before it resends, as after a dead worker's claim.
     """
-    _mark(state, ctx.now(), started, "the send raised an unexpected error")
+    _mark(state, ctx.now(), started, why)
     meta.write(ctx.spool, queue_id, state)
 
 
