@@ -183,6 +183,23 @@ def test_service_worker_delivers_within_5s_and_admin_purges_the_traps(
     assert os.listdir(os.path.join(world["spool"], MAILDROP)) == []
 
 
+def talk_as(
+    world: dict[str, Any], who: str, code: str, text: bool = False
+) -> subprocess.Popen[Any]:
+    """Python code running as a user, which the test drives through its stdin and stdout."""
+    return subprocess.Popen(
+        [*world["python"], code],
+        env=world["env"],
+        cwd="/",
+        user=world[who].pw_uid,
+        group=world[who].pw_gid,
+        extra_groups=[],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=text,
+    )
+
+
 def test_root_deletes_a_record_its_owner_keeps_locked(world: dict[str, Any]) -> None:
     """t1 names a valid record 000000000000000000 and holds its flock for ever (issue 12.4)."""
     md = os.path.join(world["spool"], MAILDROP)
@@ -201,16 +218,7 @@ def test_root_deletes_a_record_its_owner_keeps_locked(world: dict[str, Any]) -> 
         "print('locked', flush=True)\n"
         "sys.stdin.read()\n"
     )
-    holder = subprocess.Popen(
-        [*world["python"], code],
-        env=world["env"],
-        cwd="/",
-        user=world["t1"].pw_uid,
-        group=world["t1"].pw_gid,
-        extra_groups=[],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    holder = talk_as(world, "t1", code)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
         assert os.stat(zero).st_uid == world["t1"].pw_uid
@@ -362,17 +370,7 @@ def test_a_quarantined_file_is_out_of_its_submitters_reach(world: dict[str, Any]
         "os.write(fd, b'MORE' * 1000)\n"
         "print(os.fstat(fd).st_size, flush=True)\n"
     )
-    writer = subprocess.Popen(
-        [*world["python"], code],
-        env=world["env"],
-        cwd="/",
-        user=world["t1"].pw_uid,
-        group=world["t1"].pw_gid,
-        extra_groups=[],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    writer = talk_as(world, "t1", code, text=True)
     try:
         assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
         proc = as_user(world["service"], worker_cmd(world, "--once"), world["env"])
