@@ -183,17 +183,25 @@ def test_service_worker_delivers_within_5s_and_admin_purges_the_traps(
     assert os.listdir(os.path.join(world["spool"], MAILDROP)) == []
 
 
+def as_who(world: dict[str, Any], who: str) -> dict[str, Any]:
+    """subprocess arguments that run a child as one of the world's users, and nothing more."""
+    user = world[who]
+    return {
+        "env": world["env"],
+        "cwd": "/",
+        "user": user.pw_uid,
+        "group": user.pw_gid,
+        "extra_groups": [],
+    }
+
+
 def talk_as(
     world: dict[str, Any], who: str, code: str, text: bool = False
 ) -> subprocess.Popen[Any]:
     """Python code running as a user, which the test drives through its stdin and stdout."""
     return subprocess.Popen(
         [*world["python"], code],
-        env=world["env"],
-        cwd="/",
-        user=world[who].pw_uid,
-        group=world[who].pw_gid,
-        extra_groups=[],
+        **as_who(world, who),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=text,
@@ -260,11 +268,7 @@ def plant_flood(world: dict[str, Any], count: int = FLOOD) -> None:
     )
     proc = subprocess.run(
         [*world["python"], code],
-        env=world["env"],
-        cwd="/",
-        user=world["t1"].pw_uid,
-        group=world["t1"].pw_gid,
-        extra_groups=[],
+        **as_who(world, "t1"),
         capture_output=True,
         timeout=300,
     )
@@ -305,11 +309,7 @@ def start_worker(world: dict[str, Any], log: Any, *args: str) -> subprocess.Pope
     sent message would fill a pipe that nobody reads yet, and block the worker."""
     return subprocess.Popen(
         worker_cmd(world, *args),
-        env=world["env"],
-        cwd="/",
-        user=world["service"].pw_uid,
-        group=world["service"].pw_gid,
-        extra_groups=[],
+        **as_who(world, "service"),
         stderr=log,
     )
 
