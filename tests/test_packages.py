@@ -129,11 +129,28 @@ def test_deb_lifecycle(
         assert root.ok("readlink", "-f", link).strip() == "/usr/bin/mssendmail", link
         assert root.ok("sh", "-c", f"command -v {link.rsplit('/', 1)[1]}").strip()
     root.ok("newaliases")  # Debian's maintainer scripts call it
+    # The submission launcher skips site.py (-S) and adds the venv's
+    # site-packages itself, which is only right while no wheel ships a .pth.
     assert (
         root.file("/usr/bin/mssendmail")
         .read_text()
-        .startswith("#!/usr/lib/mssendmail/venv/bin/python -I\n")
+        .startswith("#!/usr/lib/mssendmail/venv/bin/python -IS\n")
     )
+    for name in ("mssendmail-worker", "mssendmail-queue", "mssendmail-smtpd"):
+        assert (
+            root.file(f"/usr/bin/{name}")
+            .read_text()
+            .startswith("#!/usr/lib/mssendmail/venv/bin/python -I\n")
+        ), name
+    site_packages = root.ok(
+        "/usr/lib/mssendmail/venv/bin/python",
+        "-I",
+        "-c",
+        "import site; print(site.getsitepackages()[0])",
+    ).strip()
+    assert site_packages.startswith("/usr/lib/mssendmail/venv/lib/python3.")
+    assert not list(root.file(site_packages).glob("*.pth"))
+    assert root.ok("sh", "-c", "mailq; echo exit=$?").strip().endswith("exit=0")
 
     # Modes as the README documents them; the user came from sysusers.d.
     assert root.stat("/etc/mssendmail") == "750 root mssendmail"

@@ -131,11 +131,8 @@ def test_commit_order_fsyncs_before_and_after_rename(
     assert calls[:3] == ["fsync", "rename", "fsync"]
 
 
-def test_directory_fsync_falls_back_to_syncfs(
-    spool: Spool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An unprivileged submitter cannot open maildrop/ (mode 3773): syncfs instead."""
-    synced: list[int] = []
+def _deny_maildrop_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Open maildrop/ as an unprivileged submitter would: EACCES (mode 3773)."""
     real_open = os.open
 
     def no_dir_open(path: Any, flags: int, *args: Any) -> int:
@@ -144,9 +141,120 @@ def test_directory_fsync_falls_back_to_syncfs(
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", no_dir_open)
+
+
+def test_directory_fsync_falls_back_to_syncfs(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unprivileged, on a file system not known to commit a rename on fsync: syncfs."""
+    synced: list[int] = []
+    _deny_maildrop_open(monkeypatch)
+    monkeypatch.setattr(spool_mod, "rename_commits_on_fsync", lambda fd: False)
     monkeypatch.setattr(spool_mod, "syncfs", synced.append)
     write_one(spool, b"x")
     assert len(synced) == 1
+
+
+def test_unprivileged_commit_fsyncs_the_renamed_file_where_that_commits_the_rename(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ext4, XFS, btrfs: fsync of the renamed file makes maildrop/'s entry durable."""
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+    _deny_maildrop_open(monkeypatch)
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(a: str, b: str) -> None:
+        calls.append(("rename", b))
+        real_rename(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(spool_mod, "rename_commits_on_fsync", lambda fd: True)
+    monkeypatch.setattr(spool_mod, "syncfs", lambda fd: pytest.fail("syncfs on the fast path"))
+    queue_id = write_one(spool, b"x")
+    final = spool.path(MAILDROP, queue_id)
+    assert [name for name, _ in calls] == ["fsync", "rename", "fsync"]
+    assert calls[1][1] == final
+    assert calls[2][1] == os.path.realpath(final)  # the file under its new name
+
+
+def _mountinfo(tmp_path: Path, *lines: str) -> str:
+    path = tmp_path / "mountinfo"
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("fstype", "optional", "expected"),
+    [
+        ("ext4", "", True),
+        ("xfs", " shared:1", True),
+        ("btrfs", " shared:1 master:2", True),
+        ("ext3", "", False),  # the name alone does not say which driver runs it
+        ("ext2", "", False),
+        ("tmpfs", "", False),
+        ("overlay", "", False),
+        ("nfs4", "", False),
+        ("zfs", "", False),
+    ],
+)
+def test_rename_commits_on_fsync_by_the_file_systems_type(
+    tmp_path: Path, fstype: str, optional: str, expected: bool
+) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        dev = os.fstat(fd).st_dev
+        here = f"{os.major(dev)}:{os.minor(dev)}"
+        info = _mountinfo(
+            tmp_path,
+            "22 27 0:21 / /proc rw,relatime - proc proc rw",
+            f"27 1 {here} / /var/spool\\040x rw,relatime{optional} - {fstype} /dev/vda rw",
+        )
+        assert spool_mod.rename_commits_on_fsync(fd, info) is expected
+    finally:
+        os.close(fd)
+
+
+def test_rename_commits_on_fsync_is_false_when_it_cannot_tell(tmp_path: Path) -> None:
+    """No /proc (a chroot), no line for this device, or lines we cannot parse: syncfs."""
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        dev = os.fstat(fd).st_dev
+        here = f"{os.major(dev)}:{os.minor(dev)}"
+        assert not spool_mod.rename_commits_on_fsync(fd, str(tmp_path / "missing"))
+        assert not spool_mod.rename_commits_on_fsync(fd, str(tmp_path))  # a directory
+        other = _mountinfo(tmp_path, "27 1 999:999 / / rw - ext4 /dev/sdz rw")
+        assert not spool_mod.rename_commits_on_fsync(fd, other)
+        broken = _mountinfo(
+            tmp_path,
+            f"27 1 {here} / / rw - ",  # no type after the separator
+            f"27 1 {here} / /x rw ext4",  # no separator at all
+            f"27 1 {here}",
+            "",
+            "\x00\xff garbage",
+        )
+        assert not spool_mod.rename_commits_on_fsync(fd, broken)
+    finally:
+        os.close(fd)
+
+
+def test_rename_commits_on_fsync_reads_this_hosts_mount_table(tmp_path: Path) -> None:
+    """The real /proc/self/mountinfo: the answer matches what findmnt says of tmp_path."""
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        answer = spool_mod.rename_commits_on_fsync(fd)
+    finally:
+        os.close(fd)
+    proc = subprocess.run(
+        ["findmnt", "-n", "-o", "FSTYPE", "-T", str(tmp_path)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"findmnt cannot tell the file system type: {proc.stderr.strip()}")
+    assert answer is (proc.stdout.strip().encode() in spool_mod.RENAME_COMMITTING_FILESYSTEMS)
 
 
 def test_syncfs_flushes_and_reports_errors(tmp_path: Path) -> None:

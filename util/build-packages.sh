@@ -202,11 +202,21 @@ for entry in "${SCRIPTS[@]}"; do
 	# Not pip's console-script wrapper: that one imports re (and, from an old
 	# pip, much more) before mssendmail runs; -I keeps the user's PYTHON* and
 	# site-packages out of a program every local user runs.
+	flags=-I
+	path_line=
+	if [ "$name" = mssendmail ]; then
+		# sendmail, mailq and newaliases: the command every cron job and mail()
+		# starts. -S skips site.py (its scan of the venv, Debian's
+		# sitecustomize); the venv's site-packages, which holds no .pth file,
+		# is put on sys.path by hand instead (bench/RESULTS.md, Packages).
+		flags=-IS
+		path_line='sys.path.append("/usr/lib/mssendmail/venv/lib/python%d.%d/site-packages" % sys.version_info[:2])'
+	fi
 	cat >"$ROOT/usr/bin/$name" <<EOF
-#!/usr/lib/mssendmail/venv/bin/python -I
+#!/usr/lib/mssendmail/venv/bin/python $flags
 # $name: launcher from the mssendmail package (the venv is built at install).
 import sys
-
+$path_line
 from $module import $func
 
 sys.exit($func())

@@ -106,19 +106,82 @@ def fsync_dir(path: str, via_fd: int | None = None) -> None:
     """Make a directory's entries durable.
 
     An unprivileged submitter cannot open maildrop/ (no read bit, by design),
-    so it passes the fd of its own file there and we syncfs(2) the file
-    system that holds both. Not sync(2): that would also wait for every other
-    file system's writeback, a busy data volume's included (bench/RESULTS.md).
+    so it passes the fd of the file it has just renamed there. Where the file
+    system is one whose fsync of a renamed file also commits the rename
+    (rename_commits_on_fsync), that fsync does it; elsewhere we syncfs(2) the
+    file system that holds both. Not sync(2): that would also wait for every
+    other file system's writeback, a busy data volume's included
+    (bench/RESULTS.md).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except PermissionError:
         if via_fd is None:
             raise
-        syncfs(via_fd)
+        if rename_commits_on_fsync(via_fd):
+            os.fsync(via_fd)
+        else:
+            syncfs(via_fd)
         return
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# File systems on which fsync(2) of a file also makes durable the directory
+# entry that its latest rename(2) created:
+#   ext4 with a journal: the rename and the inode's ctime change are in one
+#     jbd2 transaction, and fsync waits for the inode's transaction;
+#   ext4 without one: the rename marks the inode EXT4_STATE_NEWENTRY, and fsync
+#     then writes the parent directory's blocks too (ext4_sync_parent);
+#   XFS: the rename logs the inode, and fsync forces the log up to it;
+#   btrfs: fsync logs the inode's new name in the tree log.
+# Not ext2 or ext3 by name (the old drivers do neither), not overlay, NFS, ZFS
+# or anything else: those get syncfs.
+RENAME_COMMITTING_FILESYSTEMS = frozenset({b"ext4", b"xfs", b"btrfs"})
+MOUNTINFO = "/proc/self/mountinfo"
+_MOUNTINFO_LIMIT = 4 << 20  # bounded read; the kernel writes it, but a host can have many mounts
+
+
+def rename_commits_on_fsync(fd: int, mountinfo: str = MOUNTINFO) -> bool:
+    """True when fd's file system is in RENAME_COMMITTING_FILESYSTEMS.
+
+    The mount is found in /proc/self/mountinfo by the st_dev of fd; no
+    /proc, no match (a btrfs subvolume not mounted on its own) or a line
+    we cannot read all mean False, so the caller falls back to syncfs.
+    """
+    dev = os.fstat(fd).st_dev
+    wanted = f"{os.major(dev)}:{os.minor(dev)}".encode()
+    try:
+        text = _read_bounded(mountinfo, _MOUNTINFO_LIMIT)
+    except OSError:
+        return False
+    for line in text.split(b"\n"):
+        # "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw": the
+        # optional fields end at "-", after which come the type and the source.
+        fields = line.split(b" ")
+        if len(fields) < 7 or fields[2] != wanted or b"-" not in fields[6:]:
+            continue
+        type_at = fields.index(b"-", 6) + 1
+        if type_at < len(fields) and fields[type_at] in RENAME_COMMITTING_FILESYSTEMS:
+            return True
+    return False
+
+
+def _read_bounded(path: str, limit: int) -> bytes:
+    """Up to `limit` bytes of a file, with plain os calls (no io objects on this path)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parts = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, min(65536, limit - size))
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)
     finally:
         os.close(fd)
 
