@@ -181,6 +181,32 @@ def test_any_user_can_submit_without_reading_the_config(world: dict[str, Any]) -
     assert envelope["recipients"] == ["alice@example.com"]
 
 
+def test_a_submitters_commit_takes_the_path_its_file_system_allows(
+    world: dict[str, Any],
+) -> None:
+    """A real unprivileged submitter cannot open maildrop/: on ext4, XFS or
+    btrfs its second fsync (of the renamed file) commits the rename; elsewhere syncfs."""
+    code = (
+        f"import os, sys; sys.path.insert(0, {ROOT!r});"
+        "from mssendmail.spool import layout; calls = []; fsync, syncfs = os.fsync, layout.syncfs;"
+        "os.fsync = lambda fd: (calls.append('fsync'), fsync(fd))[1];"
+        "layout.syncfs = lambda fd: (calls.append('syncfs'), syncfs(fd))[1];"
+        "from mssendmail.submission.sendmail import main;"
+        "rc = main(['mssendmail', '-i', 'root']); print(' '.join(calls)); sys.exit(rc)"
+    )
+    before = set(os.listdir(os.path.join(world["spool"], MAILDROP)))
+    proc = as_user(world["t1"], [*world["python"], code], world["env"], b"Subject: path\n\nx\n")
+    assert proc.returncode == 0, proc.stderr
+    assert len(set(os.listdir(os.path.join(world["spool"], MAILDROP))) - before) == 1
+    fstype = subprocess.run(
+        ["findmnt", "-n", "-o", "FSTYPE", "-T", world["spool"]], capture_output=True, text=True
+    ).stdout.strip()
+    if fstype in ("ext4", "xfs", "btrfs"):
+        assert proc.stdout.decode().split() == ["fsync", "fsync"], fstype
+    else:
+        assert proc.stdout.decode().split() == ["fsync", "syncfs"], fstype
+
+
 def test_submitter_cannot_read_the_secrets(world: dict[str, Any]) -> None:
     result = probe(world, "t1", f"t('read', lambda: open({world['secrets']!r}).read())")
     assert result == {"read": "PermissionError"}

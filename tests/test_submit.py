@@ -401,7 +401,7 @@ def test_submission_path_does_not_load_heavy_modules() -> None:
         "dataclasses",
         "contextlib",
         "ctypes",
-        "_ctypes",  # only an unprivileged commit imports it
+        "_ctypes",  # only an unprivileged commit off ext4, XFS and btrfs imports it
         "json",
         "signal",
         "email.utils",
