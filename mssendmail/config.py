@@ -122,9 +122,13 @@ def resolve_path(cli_path: str | None = None) -> str:
     return cli_path or os.environ.get(ENV_PATH_VAR) or DEFAULT_PATH
 
 
-def _unquote_simple(value: str) -> str | None:
-    """The value of a plain dotenv line, or None when only python-dotenv can say."""
-    value = value.strip()
+def _unquote_simple(raw: str) -> str | None:
+    """The value of a plain dotenv line, or None when only python-dotenv can say.
+
+    `raw` is what follows the '='. Unquoted, a '#' after white space starts a
+    comment, counting the white space right after the '=' (``A= #x`` is empty).
+    """
+    value = raw.strip()
     if value[:1] in ("'", '"'):
         quote = value[0]
         end = value.find(quote, 1)
@@ -134,10 +138,10 @@ def _unquote_simple(value: str) -> str | None:
         if rest and not rest.startswith("#"):
             return None
         return value[1:end]
-    if "$" in value or "\\" in value:
-        return None
-    hash_at = value.find(" #")
-    return (value[:hash_at] if hash_at >= 0 else value).strip()
+    if "$" in raw or "\\" in raw or not raw.replace(" ", "x").isprintable():
+        return None  # a tab or other white space: dotenv's own rules decide
+    hash_at = raw.find(" #")
+    return (raw[:hash_at] if hash_at >= 0 else raw).strip()
 
 
 def parse_env_text(text: str) -> tuple[dict[str, str], list[str]]:
@@ -146,7 +150,9 @@ def parse_env_text(text: str) -> tuple[dict[str, str], list[str]]:
     Exotic syntax, and anything wrong, is delegated to python-dotenv for exactness.
     """
     values: dict[str, str] = {}
-    for line in text.splitlines():
+    # Lines end where dotenv's do: str.splitlines() would also split at \v, \f
+    # and the Unicode line separators, which dotenv keeps inside a line.
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

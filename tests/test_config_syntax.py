@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mssendmail import config
 from mssendmail.admin import checks
@@ -100,3 +102,31 @@ def test_sendmail_warns_and_still_queues(config_file: Path, spool: Spool) -> Non
     assert result.stderr.startswith(f"mssendmail: warning: config {config_file} line 7 ")
     assert "mail is still accepted" in result.stderr and result.stderr.count("\n") == 1
     assert len(os.listdir(spool.dir(MAILDROP))) == 1
+
+
+# The submitter reads .env with its own fast reader (no dotenv import); the
+# worker reads it with python-dotenv. They must agree, or sendmail could queue
+# into another QUEUE_DIR than the worker drains.
+ENV_PIECES = [
+    "A", "B", "=", " ", "\t", "#", "'", '"', "x", "y z", "$", "\\", "export ",
+    "\n", "\r\n", "\r", "é", "\u00a0", "\x0b", "\f", "\u2028", "${A}", "1",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "QUEUE_DIR=/var/spool/x\t# the spool\n",  # a tab before the comment
+        "SENDER= # set me\n",  # a comment right after '=': empty
+        "#\x0bQUEUE_DIR=/tmp/q\n",  # \v does not end a dotenv line
+        "A=x #c\nB='y' # c\nC=\n",
+    ],
+)
+def test_fast_reader_agrees_with_dotenv_on_known_cases(text: str) -> None:
+    assert config.parse_env_text(text) == config._parse_with_dotenv(text)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(ENV_PIECES), max_size=12).map("".join))
+def test_fast_reader_agrees_with_dotenv(text: str) -> None:
+    assert config.parse_env_text(text) == config._parse_with_dotenv(text)
