@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +34,8 @@ def graph_config(tmp_path: Path, spool: Spool, fake: FakeGraph, extra: str = "")
     return path
 
 
-def heartbeat(spool: Spool, age: float = 0.0, mode: str = "service") -> None:
-    doc = {"pid": 4242, "time": time.time() - age, "mode": mode, "version": "0", "inflight": 0}
+def heartbeat(spool: Spool, age: float = 0.0, mode: str = "service", pid: object = 4242) -> None:
+    doc = {"pid": pid, "time": time.time() - age, "mode": mode, "version": "0", "inflight": 0}
     Path(spool.path(STATE, "heartbeat.json")).write_text(json.dumps(doc))
 
 
@@ -159,6 +161,25 @@ def test_worker_heartbeat(spool: Spool) -> None:
     assert checks.check_worker(spool).status == checks.FAIL
     heartbeat(spool, age=600, mode="once")  # timer-driven runs beat less often
     assert checks.check_worker(spool).status == checks.PASS
+
+
+def test_a_finished_once_run_is_not_called_running(spool: Spool) -> None:
+    """`check` right after `mssendmail-worker --once` ended: finished, not running."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    heartbeat(spool, age=1, mode="once", pid=int(done.stdout))
+    result = checks.check_worker(spool)
+    assert result.status == checks.PASS
+    assert "running" not in result.detail and "finished" in result.detail
+    heartbeat(spool, age=1, mode="once", pid=os.getpid())  # a run in progress
+    assert "running (pid" in checks.check_worker(spool).detail
+    for pid in (0, -1, True, "1", 1 << 40):
+        heartbeat(spool, age=1, mode="once", pid=pid)
+        assert "running" not in checks.check_worker(spool).detail, pid
 
 
 def test_trigger(spool: Spool) -> None:

@@ -362,16 +362,30 @@ def check_worker(spool: Spool, now: float | None = None) -> Result:
     age = now - float(when)
     mode = beat.get("mode")
     pid = beat.get("pid")
-    if age < HEARTBEAT_FRESH:
+    # A --once run's last heartbeat stays fresh after it has exited: ask the pid.
+    if age < HEARTBEAT_FRESH and (mode != "once" or _pid_alive(pid)):
         return Result(PASS, name, f"running (pid {pid}, {mode}), heartbeat {int(age)}s ago")
     if mode == "once" and age < ONCE_FRESH:
-        return Result(PASS, name, f"timer-driven --once run {int(age)}s ago")
+        return Result(PASS, name, f"timer-driven --once run {int(age)}s ago, finished")
     return Result(
         FAIL,
         name,
         f"last heartbeat {int(age)}s ago (pid {pid}); "
         "is mssendmail-worker running? see journalctl -u mssendmail-worker",
     )
+
+
+def _pid_alive(pid: object) -> bool:
+    """A process with this pid exists (someone else's counts; the pid may be reused)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 22:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: alive, and not ours
+    return True
 
 
 def check_trigger(spool: Spool) -> Result:
