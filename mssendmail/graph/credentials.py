@@ -348,12 +348,16 @@ class _StateStore:
         if not self.fingerprint:
             return
         assert self.directory is not None
-        if (self._read(CREDENTIAL_FILE) or "").strip() == self.fingerprint:
+        previous = (self._read(CREDENTIAL_FILE) or "").strip()
+        if previous == self.fingerprint:
             return
-        spool.unlink_quiet(os.path.join(self.directory, TOKEN_CACHE_FILE))
+        cache = os.path.join(self.directory, TOKEN_CACHE_FILE)
+        had_tokens = os.path.lexists(cache)
+        spool.unlink_quiet(cache)
         path = os.path.join(self.directory, CREDENTIAL_FILE)
         spool.write_atomic(path, self.fingerprint.encode() + b"\n", 0o600)
-        log.info(kv(event="token-cache-dropped", reason="credential settings changed"))
+        if previous or had_tokens:  # a first run has nothing to drop: no news for the log
+            log.info(kv(event="token-cache-dropped", reason="credential settings changed"))
 
     def save(self, token_cache: Any, http_cache: dict[str, Any]) -> None:
         assert self.directory is not None
