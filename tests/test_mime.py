@@ -381,6 +381,14 @@ def test_many_parts_stop_at_the_part_limit() -> None:
     assert 0 < labelled < 2000
 
 
+def test_every_part_under_the_configured_limit_is_repaired() -> None:
+    """The walk goes as far as MAX_MIME_PARTS lets a message through (it stopped at 500)."""
+    mime = multipart(*([b"Content-Type: text/plain\r\n\r\n" + UTF8] * 800))
+    assert normalise(mime).mime.count(b"charset=utf-8") == 800  # the default, 1000
+    few = normalise(mime, max_parts=101).mime.count(b"charset=utf-8")
+    assert few == 100  # the top-level multipart is the first of the 101
+
+
 def test_broken_multipart_is_left_alone() -> None:
     mime = multipart(b"\r\n" + UTF8).replace(b"--b1--", b"--nope--")
     result = normalise(mime)

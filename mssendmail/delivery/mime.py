@@ -30,8 +30,10 @@ application/(x-)pkcs7-mime and messages with a DKIM-Signature, because
 re-encoding breaks the signature. A signed part inside a multipart/mixed is
 skipped with everything below it; the rest of the message is still repaired.
 
-Bounded work: parts are walked with an explicit stack, at most MAX_DEPTH deep
-and MAX_PARTS in all (the rest is sent as it is), and every scan is a
+Bounded work: parts are walked with an explicit stack, at most max_depth deep
+and max_parts in all (the rest is sent as it is; the worker passes its
+MAX_MIME_DEPTH and MAX_MIME_PARTS, which a message over them never reaches
+here, so every part of a message that is sent gets walked), and every scan is a
 bytes.find/rfind pass over its part, so the cost is linear in the size.
 
 SECURITY: the message comes from any local user. Nothing here evaluates it;
@@ -49,13 +51,14 @@ from collections import Counter
 from dataclasses import dataclass
 from email.message import Message
 
+from mssendmail.delivery.limits import KEYS
 from mssendmail.errors import DataError
 from mssendmail.submission.addresses import parse_mailboxes
 
 CRLF = b"\r\n"
 MAX_LINE = 998  # octets, excluding CRLF (RFC 5322 section 2.1.1)
-MAX_DEPTH = 20
-MAX_PARTS = 500
+MAX_DEPTH = KEYS["MAX_MIME_DEPTH"][0]  # the defaults; normalise() takes the config's
+MAX_PARTS = KEYS["MAX_MIME_PARTS"][0]
 MAX_HEADER = 256 * 1024  # a part's header block
 BLOCK = 1 << 20
 ASCII_CODEC = "ascii"
@@ -169,7 +172,12 @@ def check_charset(name: str) -> str:
     return label
 
 
-def normalise(mime: bytes, default_charset: str = "iso-8859-1") -> Normalised:
+def normalise(
+    mime: bytes,
+    default_charset: str = "iso-8859-1",
+    max_parts: int = MAX_PARTS,
+    max_depth: int = MAX_DEPTH,
+) -> Normalised:
     """The message with its invalid or ambiguous MIME repaired (see the module doc)."""
     head_end = _header_end(mime, 0, len(mime))
     if head_end is None:
@@ -181,7 +189,7 @@ def normalise(mime: bytes, default_charset: str = "iso-8859-1") -> Normalised:
     top = _headers(fields)
     if top.get_content_type() in OPAQUE_TYPES:
         return Normalised(mime, kept="signed")
-    walk = _Walk(mime, default_charset)
+    walk = _Walk(mime, default_charset, max_parts, max_depth)
     walk.run(fields, top, head_end)
     new_fields = [_encode_field(f, n, default_charset) for f, n in zip(fields, names)]
     if new_fields != fields:
@@ -268,9 +276,11 @@ def _delimiters(mime: bytes, body: int, end: int, boundary: bytes) -> list[int] 
 class _Walk:
     """One pass over the MIME tree; collects byte edits and the names of the repairs."""
 
-    def __init__(self, mime: bytes, default_charset: str) -> None:
+    def __init__(self, mime: bytes, default_charset: str, max_parts: int, max_depth: int) -> None:
         self.mime = mime
         self.default_charset = default_charset
+        self.max_parts = max_parts
+        self.max_depth = max_depth
         self.edits: list[tuple[int, int, bytes]] = []
         self.fixed: set[str] = set()
         self.kept = ""
@@ -280,7 +290,7 @@ class _Walk:
         # (header start, body start, end, depth, default content type)
         stack: list[tuple[int, int, int, int, str]] = [(0, top_body, len(self.mime), 0, "")]
         parts = 0
-        while stack and parts < MAX_PARTS:
+        while stack and parts < self.max_parts:
             start, body, end, depth, default = stack.pop()
             parts += 1
             fields = top_fields if start == 0 else _split_fields(self.mime[start : body - 2])
@@ -291,12 +301,12 @@ class _Walk:
                 self.kept = "signed"
                 continue
             if ctype.startswith("multipart/"):
-                if depth < MAX_DEPTH:
+                if depth < self.max_depth:
                     stack.extend(reversed(self._children(headers, ctype, body, end, depth)))
                 continue
             if ctype == "message/rfc822":
                 inner = _header_end(self.mime, body, end)
-                if inner is not None and depth < MAX_DEPTH:
+                if inner is not None and depth < self.max_depth:
                     stack.append((body, inner, end, depth + 1, "text/plain"))
                 continue
             new = self._leaf(fields, headers, ctype, body, end)

@@ -401,7 +401,9 @@ def prepare(
     message_id = _fix_date_and_id(headers, policy, env, queue_id)
     mime = _assemble(headers, data, body_at, lf_only)
     check_mime(mime, policy.limits)  # before any Graph request; LimitExceeded names the key
-    fixed = normalise(mime, policy.default_charset)  # charsets, long lines, 8-bit headers
+    fixed = normalise(  # charsets, long lines, 8-bit headers
+        mime, policy.default_charset, policy.limits.mime_parts, policy.limits.mime_depth
+    )
     return Prepared(fixed.mime, mailbox, recipients, warnings, message_id, fixed.fixed, fixed.kept)
 
 
