@@ -483,3 +483,50 @@ def test_slow_writer_is_read_until_eof(spool: Spool) -> None:
     assert proc.wait(timeout=10) == 0
     thread.join()
     assert only(spool)[1] == b"To: a@x\n\none\n.\ntwo\n"
+
+
+# ---- exit_main: the installed command skips the interpreter's teardown -------
+
+
+def _exit_main(args: list[str], setup: str = "") -> subprocess.CompletedProcess[str]:
+    """Run exit_main() as `mssendmail args` in a child; an object left in a global
+    writes "teardown" from __del__, which only the interpreter's teardown calls."""
+    code = (
+        f"import os, sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r})\n"
+        "class Witness:\n"
+        "    def __del__(self): os.write(1, b'teardown\\n')\n"
+        "witness = Witness()\n"
+        f"{setup}\n"
+        "from mssendmail.submission.sendmail import exit_main\n"
+        f"sys.argv = ['mssendmail', *{args!r}]\n"
+        "exit_main()\n"
+    )
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "QUEUE_DIR": "/nonexistent"}
+    return subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_exit_main_skips_teardown_and_keeps_output_and_status() -> None:
+    shown = _exit_main(["--version"])
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("mssendmail ")  # a pipe: flushed before the exit
+    assert "teardown" not in shown.stdout
+    refused = _exit_main(["-bz"])
+    assert refused.returncode == 64 and refused.stderr.startswith("mssendmail: ")
+    assert "teardown" not in refused.stdout
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        "import atexit; atexit.register(lambda: os.write(1, b'atexit\\n'))",
+        "import threading",  # threads may still need joining
+    ],
+)
+def test_exit_main_exits_normally_when_something_is_left_to_run(setup: str) -> None:
+    result = _exit_main(["--version"], setup)
+    assert result.returncode == 0, result.stderr
+    assert "teardown" in result.stdout
+    if "atexit" in setup:
+        assert "atexit" in result.stdout

@@ -74,6 +74,8 @@ from mssendmail.submission.addresses import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing is slow to import
+    from typing import NoReturn
+
     from mssendmail.config import Config
     from mssendmail.spool.layout import Spool
     from mssendmail.submission.writer import Submission
@@ -347,6 +349,35 @@ def main(argv: list[str] | None = None, stdin_fd: int = 0) -> int:
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         for sig, handler in saved.items():
             _signal.signal(sig, handler)
+
+
+def exit_main() -> NoReturn:
+    """The installed command: main(), then exit, skipping the interpreter's teardown
+    where nothing is left for it to do.
+
+    Tearing down every module and object at exit costs more than what the
+    submission itself does (bench/RESULTS.md, Packages), and a submission
+    leaves nothing behind that needs it: its fds are closed and no thread or
+    atexit function exists. Where one does (-bs starts asyncio and logging),
+    or stdout cannot be flushed, the normal exit runs, with its usual reports.
+    """
+    code = main()
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):  # a closed or failing stdout: Python reports it as always
+        sys.exit(code)
+    if "threading" in sys.modules or _atexit_pending():
+        sys.exit(code)
+    os._exit(code)
+
+
+def _atexit_pending() -> bool:
+    import atexit  # built in: no import cost
+
+    count = getattr(atexit, "_ncallbacks", None)
+    return count is None or count() > 0
 
 
 def _report(args: list[str], prog: str, stdin_fd: int) -> int:
