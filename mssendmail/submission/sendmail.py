@@ -355,8 +355,8 @@ def exit_main() -> NoReturn:
     """The installed command: main(), then exit, skipping the interpreter's teardown
     where nothing is left for it to do.
 
-    Tearing down every module and object at exit costs more than what the
-    submission itself does (bench/RESULTS.md, Packages), and a submission
+    Tearing down every module and object at exit is a large share of a
+    submission's time (bench/RESULTS.md, Packages), and a submission
     leaves nothing behind that needs it: its fds are closed and no thread or
     atexit function exists. Where one does (-bs starts asyncio and logging),
     or stdout cannot be flushed, the normal exit runs, with its usual reports.
