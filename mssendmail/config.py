@@ -126,7 +126,8 @@ def _unquote_simple(raw: str) -> str | None:
     """The value of a plain dotenv line, or None when only python-dotenv can say.
 
     `raw` is what follows the '='. Unquoted, a '#' after white space starts a
-    comment, counting the white space right after the '=' (``A= #x`` is empty).
+    comment; a value that starts with '#' is left to python-dotenv, whose
+    versions read ``A= #x`` differently.
     """
     value = raw.strip()
     if value[:1] in ("'", '"'):
@@ -140,6 +141,8 @@ def _unquote_simple(raw: str) -> str | None:
         return value[1:end]
     if "$" in raw or "\\" in raw or not raw.replace(" ", "x").isprintable():
         return None  # a tab or other white space: dotenv's own rules decide
+    if value.startswith("#"):
+        return None  # `A= #x`: python-dotenv versions disagree; the installed one decides
     hash_at = raw.find(" #")
     return (raw[:hash_at] if hash_at >= 0 else raw).strip()
 
