@@ -117,7 +117,7 @@ ENV_PIECES = [
     "text",
     [
         "QUEUE_DIR=/var/spool/x\t# the spool\n",  # a tab before the comment
-        "SENDER= # set me\n",  # a comment right after '=': empty
+        "SENDER= # set me\n",  # dotenv 1.2.1 keeps '# set me', 1.2.4 drops it
         "#\x0bQUEUE_DIR=/tmp/q\n",  # \v does not end a dotenv line
         "A=x #c\nB='y' # c\nC=\n",
     ],
