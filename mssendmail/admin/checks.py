@@ -40,6 +40,7 @@ from mssendmail.spool.layout import (
     ROOT_MODE,
     TRIGGER_MODE,
     Spool,
+    pid_alive,
     service_ids,
 )
 
@@ -376,16 +377,10 @@ def check_worker(spool: Spool, now: float | None = None) -> Result:
 
 
 def _pid_alive(pid: object) -> bool:
-    """A process with this pid exists (someone else's counts; the pid may be reused)."""
+    """The heartbeat's pid is a live process; anything but a plausible pid is not."""
     if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 22:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # EPERM: alive, and not ours
-    return True
+    return pid_alive(pid)
 
 
 def check_trigger(spool: Spool) -> Result:

@@ -154,7 +154,8 @@ def rename_commits_on_fsync(fd: int, mountinfo: str = MOUNTINFO) -> bool:
     dev = os.fstat(fd).st_dev
     wanted = f"{os.major(dev)}:{os.minor(dev)}".encode()
     try:
-        text = _read_bounded(mountinfo, _MOUNTINFO_LIMIT)
+        with open(mountinfo, "rb") as fh:
+            text = fh.read(_MOUNTINFO_LIMIT)
     except OSError:
         return False
     for line in text.split(b"\n"):
@@ -167,23 +168,6 @@ def rename_commits_on_fsync(fd: int, mountinfo: str = MOUNTINFO) -> bool:
         if type_at < len(fields) and fields[type_at] in RENAME_COMMITTING_FILESYSTEMS:
             return True
     return False
-
-
-def _read_bounded(path: str, limit: int) -> bytes:
-    """Up to `limit` bytes of a file, with plain os calls (no io objects on this path)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        parts = []
-        size = 0
-        while size < limit:
-            chunk = os.read(fd, min(65536, limit - size))
-            if not chunk:
-                break
-            parts.append(chunk)
-            size += len(chunk)
-        return b"".join(parts)
-    finally:
-        os.close(fd)
 
 
 def syncfs(fd: int) -> None:
@@ -273,8 +257,13 @@ def _writer_may_live(path: str) -> bool:
     parts = os.path.basename(path).split(".")
     if len(parts) < 4 or not parts[-2].isdigit():
         return True  # maildrop temps carry no pid
+    return pid_alive(int(parts[-2]))
+
+
+def pid_alive(pid: int) -> bool:
+    """A process with this pid exists (someone else's counts; the pid may be reused)."""
     try:
-        os.kill(int(parts[-2]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:
